@@ -6,7 +6,7 @@ pub const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 /// Character encoding of a corpus file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Encoding {
-    /// UTF-8; invalid byte sequences are an error.
+    /// UTF-8, where invalid byte sequences are an error.
     #[default]
     #[value(alias = "utf-8")]
     Utf8,

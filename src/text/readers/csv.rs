@@ -89,7 +89,7 @@ impl CsvDocuments {
         }
     }
 
-    /// Converts the current row; returns `None` when all its text fields are blank.
+    /// Converts the current row, or returns `None` when all its text fields are blank.
     fn parse_row(&self) -> Result<Option<Document>, ReadError> {
         let line = row_line(&self.record);
         let found = self.record.len();
@@ -119,7 +119,7 @@ impl CsvDocuments {
         let label = check_label(label, self.labels, &self.path, line)?;
         Ok(Some(Document {
             // NOTE: fastai reads CSV files with pandas, which turns an empty field into
-            // "nan" before joining; here an empty field stays empty.
+            // "nan" before joining. Here an empty field stays empty.
             text: join_fields(&fields),
             label,
             origin: Origin {

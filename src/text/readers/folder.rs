@@ -205,7 +205,7 @@ fn class_jobs(
     Ok(jobs)
 }
 
-/// Reads one file as one document; returns `None` when its text is blank.
+/// Reads one file as one document, or returns `None` when its text is blank.
 ///
 /// CRLF line endings become `\n`, and a UTF-8 byte order mark is removed.
 fn read_document(job: &FileJob, encoding: Encoding) -> Result<Option<Document>, ReadError> {

@@ -54,7 +54,7 @@ impl JsonlDocuments {
         }
     }
 
-    /// Parses one line; returns `None` when its text is empty or whitespace only.
+    /// Parses one line, or returns `None` when its text is empty or whitespace only.
     fn parse_record(&self, line: u64, json: &str) -> Result<Option<Document>, ReadError> {
         let path = self.lines.path();
         let value: Value = serde_json::from_str(json).map_err(|source| ReadError::InvalidJson {

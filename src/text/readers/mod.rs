@@ -1,8 +1,8 @@
 //! Streaming corpus readers: CSV, JSON lines, plain text and folder-per-class trees.
 //!
-//! [`open`] returns a [`DocumentReader`], an iterator that holds one record (or one
-//! small batch of folder files) at a time, so a corpus of any size passes through in
-//! bounded memory. [`read_all`] collects the documents of several paths.
+//! [`open`] returns a [`DocumentReader`], an iterator that keeps one record (or one
+//! batch of folder files) in memory at a time, so memory use depends on the longest
+//! record and not on the corpus size. [`read_all`] collects the documents of several paths.
 
 mod csv;
 mod folder;
@@ -18,7 +18,7 @@ pub const DEFAULT_TEXT_COLUMN: &str = "text";
 /// Header name of the label column or JSON field when none is given.
 pub const DEFAULT_LABEL_COLUMN: &str = "label";
 /// Folder of unlabelled documents in a folder-per-class tree (as in IMDb's
-/// `aclImdb/train/unsup`); it is never a class.
+/// `aclImdb/train/unsup`), which is never a class.
 pub const UNLABELLED_FOLDER: &str = "unsup";
 
 /// File name endings of archives, which must be unpacked before reading.
@@ -29,7 +29,7 @@ const ARCHIVE_SUFFIXES: [&str; 9] = [
 /// One document of a corpus.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Document {
-    /// Document text; several CSV columns or JSON fields are joined with `xxfld` markers.
+    /// Document text, with several CSV columns or JSON fields joined by `xxfld` markers.
     pub text: String,
     /// Class label in its string form (the integer 1 becomes "1").
     pub label: Option<String>,
@@ -60,13 +60,13 @@ pub enum Format {
     Folder,
 }
 
-/// How a plain-text file is cut into documents.
+/// Rule for cutting a plain-text file into documents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum DocumentSplit {
     /// Each non-blank line is a document.
     #[default]
     Line,
-    /// Documents are separated by blank lines; their lines are joined with `\n`.
+    /// Documents are separated by blank lines, and their lines are joined with `\n`.
     BlankLine,
 }
 
@@ -78,28 +78,28 @@ pub enum LabelRequirement {
     /// Labels are kept where present (`None` elsewhere).
     #[default]
     Optional,
-    /// Labels are dropped (language modelling); label columns need not exist.
+    /// Labels are dropped (language modelling), so label columns need not exist.
     Ignored,
 }
 
 /// Options shared by all readers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReadOptions {
-    /// File format; `None` detects it from the path (see [`detect_format`]).
+    /// File format, or `None` to detect it from the path (see [`detect_format`]).
     pub format: Option<Format>,
     /// Character encoding of the files.
     pub encoding: Encoding,
-    /// CSV columns or JSON fields holding the text, joined in this order; empty means
-    /// `text`. Without a CSV header these are 0-based column numbers such as "1".
+    /// CSV columns or JSON fields that contain the text, joined in this order (`text`
+    /// when empty). Without a CSV header these are 0-based column numbers such as "1".
     pub text_columns: Vec<String>,
-    /// CSV column or JSON field holding the label; `None` means `label`, which may then
-    /// be absent unless labels are required.
+    /// CSV column or JSON field that contains the label. `None` means `label`, which may
+    /// then be absent unless labels are required.
     pub label_column: Option<String>,
     /// Whether the CSV file has no header row.
     pub no_header: bool,
-    /// How plain-text files are cut into documents.
+    /// Rule for cutting plain-text files into documents.
     pub documents: DocumentSplit,
-    /// Class subfolders to read from a folder tree, in this order; `None` reads every
+    /// Class subfolders to read from a folder tree, in this order. `None` reads every
     /// subfolder except `unsup`.
     pub classes: Option<Vec<String>>,
     /// Whether labels are required, optional or ignored.
@@ -352,7 +352,7 @@ fn check_path_kind(path: &Path, format: Format) -> Result<(), ReadError> {
     })
 }
 
-/// Reads every document of `paths` in order.
+/// Reads every document of `paths` in order, stopping at the first error.
 ///
 /// Logs one warning per path that had empty or whitespace-only texts, with their count.
 pub fn read_all(paths: &[PathBuf], options: &ReadOptions) -> Result<ReadReport, ReadError> {
