@@ -4,76 +4,26 @@ use std::borrow::Cow;
 use std::fmt;
 use std::path::PathBuf;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::text::encoding::Encoding;
 use crate::text::readers::{DocumentSplit, Format, LabelRequirement, ReadOptions};
 
-/// Text encodings accepted on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum EncodingName {
-    /// UTF-8; invalid bytes are an error that names the file and line.
-    Utf8,
-    /// ISO-8859-1: every byte is the code point of the same value.
-    Latin1,
-}
-
-impl From<EncodingName> for Encoding {
-    fn from(name: EncodingName) -> Self {
-        match name {
-            EncodingName::Utf8 => Encoding::Utf8,
-            EncodingName::Latin1 => Encoding::Latin1,
-        }
-    }
-}
-
 /// `--encoding`, for commands that read text.
 #[derive(Debug, Args)]
 pub struct EncodingArg {
-    /// Encoding of the input files.
+    /// Encoding of the input files: `utf8` or `latin1` (every byte is the code point of
+    /// the same value).
     #[arg(long = "encoding", value_enum, default_value = "utf8", value_name = "NAME")]
-    pub name: EncodingName,
+    pub encoding: Encoding,
 }
 
 impl EncodingArg {
     /// Returns the encoding chosen on the command line.
     pub fn get(&self) -> Encoding {
-        self.name.into()
+        self.encoding
     }
-}
-
-/// File formats accepted by `--format`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum FormatName {
-    /// Comma-separated values with a header row (RFC 4180).
-    Csv,
-    /// One JSON object per line with `text` and `label` fields.
-    Jsonl,
-    /// Plain text, one document per non-empty line (see `--documents`).
-    Text,
-    /// A folder with one subfolder of `.txt` files per class, or a folder of `.txt` files.
-    Folder,
-}
-
-impl From<FormatName> for Format {
-    fn from(name: FormatName) -> Self {
-        match name {
-            FormatName::Csv => Format::Csv,
-            FormatName::Jsonl => Format::Jsonl,
-            FormatName::Text => Format::Text,
-            FormatName::Folder => Format::Folder,
-        }
-    }
-}
-
-/// How plain-text files are cut into documents.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DocumentsName {
-    /// Every non-empty line is a document (WikiText's layout).
-    Line,
-    /// Documents are separated by one or more blank lines.
-    BlankLine,
 }
 
 /// Options for reading corpora, shared by every command that reads data.
@@ -81,7 +31,7 @@ pub enum DocumentsName {
 pub struct DataArgs {
     /// Input format; by default it follows the path: a folder, `.csv`, `.jsonl`, else text.
     #[arg(long, value_enum, value_name = "FORMAT")]
-    pub format: Option<FormatName>,
+    pub format: Option<Format>,
 
     /// CSV column with the text (repeatable: several columns are joined with `xxfld`
     /// markers). Default `text`. With `--no-header`, a 0-based column number.
@@ -98,7 +48,7 @@ pub struct DataArgs {
 
     /// How plain-text files are cut into documents.
     #[arg(long, value_enum, default_value = "line", value_name = "MODE")]
-    pub documents: DocumentsName,
+    pub documents: DocumentSplit,
 
     /// Class folders to read, comma-separated (default: every subfolder but `unsup`).
     #[arg(long, value_delimiter = ',', value_name = "A,B,...")]
@@ -112,13 +62,10 @@ impl DataArgs {
     /// Converts the options into the readers' options.
     pub fn read_options(&self, labels: LabelRequirement) -> ReadOptions {
         let mut options = ReadOptions {
-            format: self.format.map(Format::from),
+            format: self.format,
             encoding: self.encoding.get(),
             no_header: self.no_header,
-            documents: match self.documents {
-                DocumentsName::Line => DocumentSplit::Line,
-                DocumentsName::BlankLine => DocumentSplit::BlankLine,
-            },
+            documents: self.documents,
             classes: self.classes.clone(),
             labels,
             ..ReadOptions::default()
