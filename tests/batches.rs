@@ -12,7 +12,7 @@ use ulmfit::text::token_file::{TokenFile, TokenFileWriter};
 const HASH: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 /// Five documents of lengths 7, 5, 9, 4 and 6 (31 tokens), each starting with
-/// xxbos (id 2); document k holds 10k + 1, 10k + 2, ... after it.
+/// xxbos (id 2); document k contains 10k + 1, 10k + 2, ... after it.
 fn fastai_docs() -> Vec<Vec<u32>> {
     [7u32, 5, 9, 4, 6]
         .iter()
@@ -228,8 +228,8 @@ fn lm_batches_from_token_file_match_fastai() {
 
 #[test]
 fn lm_layout_stream_cut() {
-    // 31 tokens, batch size 4: (31 - 1) / 4 = 7 tokens per row, 28 input tokens used,
-    // and the last 2 stream tokens serve only as the final target or are dropped.
+    // 31 tokens, batch size 4: (31 - 1) / 4 = 7 tokens per row, so inputs cover
+    // tokens 0 to 27. Token 28 is only the final target, and tokens 29 and 30 are dropped.
     let layout = LmLayout::new(31, 4, 3).unwrap();
     assert_eq!(layout.row_len, 7);
     assert_eq!(layout.n_tokens_used(), 28);
@@ -347,8 +347,8 @@ fn shuffled_batches_gather_permuted_stream() {
     let expected = LmBatches::new(&permuted, 3, 4, LmOrder::Sequential).unwrap();
     assert_eq!(shuffled.layout(), expected.layout());
     let actual: Vec<_> = shuffled.iter().collect();
-    let wanted: Vec<_> = expected.iter().collect();
-    assert_eq!(actual, wanted);
+    let expected_batches: Vec<_> = expected.iter().collect();
+    assert_eq!(actual, expected_batches);
 }
 
 #[test]
