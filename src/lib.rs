@@ -4,4 +4,5 @@
 //! (fastai-compatible word tokenizer, subword models, vocabularies, corpus readers,
 //! memory-mapped token files and batches).
 
+pub mod cli;
 pub mod text;

@@ -1,6 +1,7 @@
 //! Command-line interface: argument definitions and the code that runs each command.
 //! Results go to stdout; logs, progress bars and errors go to stderr.
 
+mod corpus;
 mod data;
 mod json;
 mod numericalize;
