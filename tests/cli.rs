@@ -1,0 +1,258 @@
+//! The `ulmfit` binary on small files made by each test.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use ulmfit::text::token_file::TokenFile;
+use ulmfit::text::vocab::Vocab;
+
+fn ulmfit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ulmfit"))
+        .args(args)
+        .output()
+        .expect("the binary starts")
+}
+
+fn stdout_lines(output: &Output) -> Vec<serde_json::Value> {
+    assert!(
+        output.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone())
+        .expect("UTF-8 output")
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect()
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("UTF-8 path")
+}
+
+#[test]
+fn tokenize_keeps_empty_lines_and_order() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let input = dir.path().join("docs.txt");
+    // 10,001 lines cross several parallel chunks; every 1000th line is empty.
+    let text: String = (0..10_001)
+        .map(|i| if i % 1000 == 0 { String::new() } else { format!("Line {i}") })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&input, text + "\n").expect("write input");
+    let lines = stdout_lines(&ulmfit(&["tokenize", path_str(&input)]));
+    assert_eq!(lines.len(), 10_001);
+    assert_eq!(lines[0], serde_json::json!({ "tokens": ["xxbos"] }));
+    assert_eq!(
+        lines[4097],
+        serde_json::json!({ "tokens": ["xxbos", "xxmaj", "line", "4097"] })
+    );
+    assert_eq!(lines[5000], serde_json::json!({ "tokens": ["xxbos"] }));
+    assert_eq!(
+        lines[10_000],
+        serde_json::json!({ "tokens": ["xxbos"] })
+    );
+}
+
+#[test]
+fn tokenize_rules_none_adds_nothing() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let input = dir.path().join("docs.txt");
+    std::fs::write(&input, "I LOVED it!!!!\n").expect("write input");
+    let lines = stdout_lines(&ulmfit(&["tokenize", "--rules", "none", path_str(&input)]));
+    assert_eq!(
+        lines,
+        vec![serde_json::json!({ "tokens": ["I", "LOVED", "it", "!", "!", "!", "!"] })]
+    );
+}
+
+#[test]
+fn tokenize_jsonl_reads_text_field() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let input = dir.path().join("docs.jsonl");
+    std::fs::write(
+        &input,
+        "{\"id\": 7, \"text\": \"Don't\", \"label\": \"pos\"}\n{\"text\": \"\"}\n",
+    )
+    .expect("write input");
+    let lines = stdout_lines(&ulmfit(&["tokenize", "--jsonl", path_str(&input)]));
+    assert_eq!(
+        lines,
+        vec![
+            serde_json::json!({ "tokens": ["xxbos", "xxmaj", "do", "n't"] }),
+            serde_json::json!({ "tokens": ["xxbos"] }),
+        ]
+    );
+}
+
+#[test]
+fn tokenize_jsonl_missing_text_names_line() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let input = dir.path().join("docs.jsonl");
+    std::fs::write(&input, "{\"text\": \"fine\"}\n{\"body\": \"no text\"}\n").expect("write");
+    let output = ulmfit(&["tokenize", "--jsonl", path_str(&input)]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("docs.jsonl, line 2"), "{stderr}");
+    assert!(stderr.contains("missing \"text\" field"), "{stderr}");
+}
+
+#[test]
+fn tokenize_invalid_utf8_names_line_and_hint() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let input = dir.path().join("latin.txt");
+    std::fs::write(&input, b"fine\ncaf\xe9 noir\n").expect("write input");
+    let output = ulmfit(&["tokenize", path_str(&input)]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("latin.txt, line 2"), "{stderr}");
+    assert!(stderr.contains("--encoding latin1"), "{stderr}");
+
+    let lines = stdout_lines(&ulmfit(&[
+        "tokenize",
+        "--encoding",
+        "latin1",
+        path_str(&input),
+    ]));
+    assert_eq!(
+        lines[1],
+        serde_json::json!({ "tokens": ["xxbos", "café", "noir"] })
+    );
+}
+
+#[test]
+fn tokenize_missing_file_is_an_error() {
+    let output = ulmfit(&["tokenize", "/nonexistent/input.txt"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/nonexistent/input.txt"), "{stderr}");
+}
+
+/// Writes a class-per-folder corpus: `pos/` and `neg/` with a few reviews each.
+fn write_folder_corpus(root: &Path) {
+    for (class, texts) in [
+        ("pos", ["A great film.", "Great acting, great film!", "I loved it."]),
+        ("neg", ["A bad film.", "Bad acting.", "I hated it, a bad film."]),
+    ] {
+        let dir = root.join(class);
+        std::fs::create_dir_all(&dir).expect("class folder");
+        for (i, text) in texts.iter().enumerate() {
+            std::fs::write(dir.join(format!("{i}.txt")), text).expect("write review");
+        }
+    }
+}
+
+#[test]
+fn vocab_build_then_numericalize_folder() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let corpus = dir.path().join("train");
+    write_folder_corpus(&corpus);
+    let vocab_dir = dir.path().join("vocab");
+    let output = ulmfit(&[
+        "vocab",
+        "build",
+        "--corpus",
+        path_str(&corpus),
+        "--out",
+        path_str(&vocab_dir),
+        "--min-freq",
+        "2",
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let vocab = Vocab::load(&vocab_dir).expect("saved vocabulary");
+    // Counts: "." 5, film 4, a 3, bad 3, great 3, "," 2, acting 2, i 2, it 2, the rest 1.
+    // A single capital letter gets no xxmaj, so "A" is "a". Ties go by bytes, and the
+    // special tokens (xxbos 6, xxmaj 2) come first without being repeated.
+    let words: Vec<&str> = vocab.tokens()[9..].iter().map(String::as_str).collect();
+    assert_eq!(words, [".", "film", "a", "bad", "great", ",", "acting", "i", "it"]);
+
+    let token_file = dir.path().join("train.tok");
+    let output = ulmfit(&[
+        "numericalize",
+        "--vocab",
+        path_str(&vocab_dir),
+        "--corpus",
+        path_str(&corpus),
+        "--out",
+        path_str(&token_file),
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let file = TokenFile::open(&token_file, Some(&vocab.content_hash())).expect("token file");
+    assert_eq!(file.n_documents(), 6);
+    assert_eq!(file.classes(), ["neg", "pos"]);
+    // Documents come in sorted class-folder order: neg/0.txt is "A bad film."
+    let first: Vec<&str> = file
+        .document(0)
+        .expect("document 0")
+        .iter()
+        .map(|id| vocab.token(id).expect("known id"))
+        .collect();
+    assert_eq!(first, ["xxbos", "a", "bad", "film", "."]);
+    assert_eq!(file.label(0), Some(0));
+    // "Great acting, great film!" has "!" below min_freq: it maps to xxunk.
+    let fifth: Vec<&str> = file
+        .document(4)
+        .expect("document 4")
+        .iter()
+        .map(|id| vocab.token(id).expect("known id"))
+        .collect();
+    assert_eq!(
+        fifth,
+        ["xxbos", "xxmaj", "great", "acting", ",", "great", "film", "xxunk"]
+    );
+    assert_eq!(file.label(4), Some(1));
+}
+
+#[test]
+fn numericalize_rejects_mixed_labels() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let corpus = dir.path().join("docs.jsonl");
+    std::fs::write(
+        &corpus,
+        "{\"text\": \"one\", \"label\": \"a\"}\n{\"text\": \"two\"}\n",
+    )
+    .expect("write corpus");
+    let vocab_dir = dir.path().join("vocab");
+    let output = ulmfit(&[
+        "vocab",
+        "build",
+        "--corpus",
+        path_str(&corpus),
+        "--out",
+        path_str(&vocab_dir),
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = ulmfit(&[
+        "numericalize",
+        "--vocab",
+        path_str(&vocab_dir),
+        "--corpus",
+        path_str(&corpus),
+        "--out",
+        path_str(&dir.path().join("out.tok")),
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("docs.jsonl, line 2"), "{stderr}");
+    assert!(stderr.contains("--labels ignored"), "{stderr}");
+}
+
+#[test]
+fn subword_vocab_size_needs_subword() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let corpus = dir.path().join("docs.txt");
+    std::fs::write(&corpus, "some text\n").expect("write corpus");
+    let output = ulmfit(&[
+        "vocab",
+        "build",
+        "--corpus",
+        path_str(&corpus),
+        "--out",
+        path_str(&dir.path().join("v")),
+        "--vocab-size",
+        "100",
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--subword"), "{stderr}");
+}
