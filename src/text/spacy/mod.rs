@@ -192,3 +192,6 @@ fn for_each_chunk(text: &str, mut visit: impl FnMut(usize, usize, bool)) {
         visit(start, bytes.len(), in_space);
     }
 }
+
+#[cfg(test)]
+mod tests;
