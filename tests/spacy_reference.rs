@@ -23,7 +23,7 @@ fn load_reference() -> Option<Vec<Record>> {
     let mut records = Vec::new();
     for path in paths.split(':') {
         let text = std::fs::read_to_string(path)
-            .unwrap_or_else(|e| panic!("cannot read the reference file {path}: {e}"));
+            .unwrap_or_else(|e| panic!("failed to read the reference file {path}: {e}; set SPACY_REFERENCE to existing JSON-lines files"));
         for (number, line) in text.lines().enumerate() {
             let record: Record = serde_json::from_str(line)
                 .unwrap_or_else(|e| panic!("{path}, line {}: invalid record: {e}", number + 1));

@@ -162,6 +162,7 @@ fn infix_at(s: &str, i: usize, c: char) -> Option<usize> {
     if c == '…' || flags(c) & ICON != 0 {
         return Some(i + width);
     }
+
     let prev = char_before(s, i);
     let next = char_at(s, i + width);
     if matches!(c, '+' | '-' | '*' | '^')
@@ -176,6 +177,7 @@ fn infix_at(s: &str, i: usize, c: char) -> Option<usize> {
     if c == ',' && has(prev, ALPHA) && has(next, ALPHA) {
         return Some(i + width);
     }
+
     let after_word = has(prev, ALPHA) || is_ascii_digit(prev);
     if after_word {
         if let Some(end) = hyphen_end(s, i) {

@@ -55,14 +55,9 @@ impl Rules {
     }
 
     /// Appends the token end offsets of `chunk` (relative to its start) to `ends`, after
-    /// the matcher pass within the chunk, and returns the chunk's edge flags.
-    ///
-    /// NOTE: a chunk longer than `u32::MAX` bytes is returned as one token.
+    /// the matcher pass within the chunk, and returns the chunk's edge flags. The caller
+    /// passes chunks shorter than `u32::MAX` bytes.
     pub(super) fn split_chunk(&self, chunk: &str, ends: &mut Vec<u32>) -> u8 {
-        if u32::try_from(chunk.len()).is_err() {
-            ends.push(u32::MAX);
-            return 0;
-        }
         let mut tokens = Vec::new();
         self.split_before_matcher(chunk, &mut tokens);
         let flags = self.edge_flags(chunk, &tokens);

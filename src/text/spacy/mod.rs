@@ -23,6 +23,8 @@ use tables::SPACE;
 
 /// Maximum number of distinct chunks kept in each thread's cache before it is cleared.
 const MAX_CACHED_CHUNKS: usize = 200_000;
+/// Maximum number of cached token end offsets in each thread before the cache is cleared.
+const MAX_CACHED_ENDS: usize = 1 << 22;
 
 /// spaCy 3.8's English tokenizer, returning tokens as byte ranges into the input.
 #[derive(Debug)]
@@ -36,7 +38,7 @@ impl Default for EnglishTokenizer {
     }
 }
 
-/// The split of one chunk: token end offsets relative to the chunk start.
+/// A thread's cache of chunk splits, stored as token end offsets relative to the chunk start.
 #[derive(Default)]
 struct ChunkCache {
     /// Chunk to (offset into `ends`, token count, edge flags).
@@ -125,6 +127,11 @@ impl EnglishTokenizer {
         cache: &mut ChunkCache,
     ) -> u8 {
         let chunk = &text[start..end];
+        if u32::try_from(chunk.len()).is_err() {
+            // NOTE: a chunk of 4 GiB or more is returned as one token, unsplit.
+            spans.push(start..end);
+            return 0;
+        }
         if let Some(&(offset, count, flags)) = cache.splits.get(chunk) {
             let mut token_start = start;
             for &token_end in &cache.ends[offset as usize..(offset + count) as usize] {
@@ -134,7 +141,7 @@ impl EnglishTokenizer {
             }
             return flags;
         }
-        if cache.splits.len() >= MAX_CACHED_CHUNKS {
+        if cache.splits.len() >= MAX_CACHED_CHUNKS || cache.ends.len() >= MAX_CACHED_ENDS {
             cache.splits.clear();
             cache.ends.clear();
         }
@@ -146,7 +153,8 @@ impl EnglishTokenizer {
             spans.push(token_start..token_end);
             token_start = token_end;
         }
-        // Chunks longer than u32::MAX bytes are split but not cached.
+        // Both values fit in u32 because the arena is cleared at MAX_CACHED_ENDS entries and
+        // a chunk has fewer than u32::MAX bytes, so the fallback is never taken.
         if let (Ok(offset32), Ok(count)) = (
             u32::try_from(offset),
             u32::try_from(cache.ends.len() - offset),
