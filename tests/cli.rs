@@ -36,7 +36,13 @@ fn tokenize_keeps_empty_lines_and_order() {
     let input = dir.path().join("docs.txt");
     // 10,001 lines cross several parallel chunks; every 1000th line is empty.
     let text: String = (0..10_001)
-        .map(|i| if i % 1000 == 0 { String::new() } else { format!("Line {i}") })
+        .map(|i| {
+            if i % 1000 == 0 {
+                String::new()
+            } else {
+                format!("Line {i}")
+            }
+        })
         .collect::<Vec<_>>()
         .join("\n");
     std::fs::write(&input, text + "\n").expect("write input");
@@ -48,10 +54,7 @@ fn tokenize_keeps_empty_lines_and_order() {
         serde_json::json!({ "tokens": ["xxbos", "xxmaj", "line", "4097"] })
     );
     assert_eq!(lines[5000], serde_json::json!({ "tokens": ["xxbos"] }));
-    assert_eq!(
-        lines[10_000],
-        serde_json::json!({ "tokens": ["xxbos"] })
-    );
+    assert_eq!(lines[10_000], serde_json::json!({ "tokens": ["xxbos"] }));
 }
 
 #[test]
@@ -131,8 +134,14 @@ fn tokenize_missing_file_is_an_error() {
 /// Writes a class-per-folder corpus: `pos/` and `neg/` with a few reviews each.
 fn write_folder_corpus(root: &Path) {
     for (class, texts) in [
-        ("pos", ["A great film.", "Great acting, great film!", "I loved it."]),
-        ("neg", ["A bad film.", "Bad acting.", "I hated it, a bad film."]),
+        (
+            "pos",
+            ["A great film.", "Great acting, great film!", "I loved it."],
+        ),
+        (
+            "neg",
+            ["A bad film.", "Bad acting.", "I hated it, a bad film."],
+        ),
     ] {
         let dir = root.join(class);
         std::fs::create_dir_all(&dir).expect("class folder");
@@ -158,13 +167,20 @@ fn vocab_build_then_numericalize_folder() {
         "--min-freq",
         "2",
     ]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let vocab = Vocab::load(&vocab_dir).expect("saved vocabulary");
     // Counts: "." 5, film 4, a 3, bad 3, great 3, "," 2, acting 2, i 2, it 2, the rest 1.
     // A single capital letter gets no xxmaj, so "A" is "a". Ties go by bytes, and the
     // special tokens (xxbos 6, xxmaj 2) come first without being repeated.
     let words: Vec<&str> = vocab.tokens()[9..].iter().map(String::as_str).collect();
-    assert_eq!(words, [".", "film", "a", "bad", "great", ",", "acting", "i", "it"]);
+    assert_eq!(
+        words,
+        [".", "film", "a", "bad", "great", ",", "acting", "i", "it"]
+    );
 
     let token_file = dir.path().join("train.tok");
     let output = ulmfit(&[
@@ -176,7 +192,11 @@ fn vocab_build_then_numericalize_folder() {
         "--out",
         path_str(&token_file),
     ]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let file = TokenFile::open(&token_file, Some(&vocab.content_hash())).expect("token file");
     assert_eq!(file.n_documents(), 6);
     assert_eq!(file.classes(), ["neg", "pos"]);
@@ -221,7 +241,11 @@ fn numericalize_rejects_mixed_labels() {
         "--out",
         path_str(&vocab_dir),
     ]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let output = ulmfit(&[
         "numericalize",
         "--vocab",

@@ -82,7 +82,8 @@ fn hundred_mb_corpus_streams() {
     let tokens = dir.path().join("corpus.tok");
     let tokens_path = tokens.to_str().expect("UTF-8 path");
 
-    let vocab_rss = run_measuring_rss(&["-q", "vocab", "build", "--corpus", corpus, "--out", vocab]);
+    let vocab_rss =
+        run_measuring_rss(&["-q", "vocab", "build", "--corpus", corpus, "--out", vocab]);
     let numericalize_rss = run_measuring_rss(&[
         "-q",
         "numericalize",
@@ -94,7 +95,10 @@ fn hundred_mb_corpus_streams() {
         tokens_path,
     ]);
     eprintln!("peak RSS: vocab build {vocab_rss:.1} MB, numericalize {numericalize_rss:.1} MB");
-    assert!(vocab_rss < PEAK_RSS_LIMIT_MB, "vocab build peak RSS {vocab_rss:.1} MB");
+    assert!(
+        vocab_rss < PEAK_RSS_LIMIT_MB,
+        "vocab build peak RSS {vocab_rss:.1} MB"
+    );
     assert!(
         numericalize_rss < PEAK_RSS_LIMIT_MB,
         "numericalize peak RSS {numericalize_rss:.1} MB"

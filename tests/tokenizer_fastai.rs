@@ -80,7 +80,9 @@ fn imdb_500_match_fastai() {
     };
     assert_eq!(reviews.len(), 500);
     let texts: Vec<&str> = reviews.iter().map(|r| r.text.as_str()).collect();
-    let produced = Tokenizer::fastai().tokenize_all(&texts).expect("word tokenizer");
+    let produced = Tokenizer::fastai()
+        .tokenize_all(&texts)
+        .expect("word tokenizer");
     let (documents, tokens, mismatches) = agreement(&reviews, &produced);
     eprintln!(
         "documents identical: {:.2}%, tokens agreeing: {:.4}%, mismatched: {mismatches:?}",
@@ -111,8 +113,15 @@ fn cli_jsonl_matches_fastai() {
     let mut stdin = child.stdin.take().expect("stdin is piped");
     let writer = std::thread::spawn(move || stdin.write_all(&input));
     let output = child.wait_with_output().expect("the binary runs");
-    writer.join().expect("writer thread").expect("stdin accepts the input");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    writer
+        .join()
+        .expect("writer thread")
+        .expect("stdin accepts the input");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 
     let produced: Vec<Vec<String>> = String::from_utf8(output.stdout)
         .expect("output is UTF-8")

@@ -15,7 +15,12 @@ use crate::text::readers::{DocumentSplit, Format, LabelRequirement, ReadOptions}
 pub struct EncodingArg {
     /// Encoding of the input files: `utf8` or `latin1` (every byte is the code point of
     /// the same value).
-    #[arg(long = "encoding", value_enum, default_value = "utf8", value_name = "NAME")]
+    #[arg(
+        long = "encoding",
+        value_enum,
+        default_value = "utf8",
+        value_name = "NAME"
+    )]
     pub encoding: Encoding,
 }
 

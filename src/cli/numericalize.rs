@@ -162,14 +162,12 @@ fn encode_documents(
                     )
                 })?;
             let label = match (classes, &document.label) {
-                (Some(classes), Some(label)) => classes
-                    .binary_search(label)
-                    .ok()
-                    .map(|index| index as u32),
+                (Some(classes), Some(label)) => {
+                    classes.binary_search(label).ok().map(|index| index as u32)
+                }
                 _ => None,
             };
             Ok((ids, label))
         })
         .collect()
 }
-

@@ -48,8 +48,9 @@ pub fn run(args: TokenizeArgs) -> anyhow::Result<()> {
     let tokenizer = match &args.subword_model {
         Some(dir) => Tokenizer::subword(
             rules,
-            SubwordModel::load(dir)
-                .with_context(|| format!("failed to load the subword model in {}", dir.display()))?,
+            SubwordModel::load(dir).with_context(|| {
+                format!("failed to load the subword model in {}", dir.display())
+            })?,
         ),
         None => Tokenizer::word(rules),
     };
@@ -77,7 +78,8 @@ pub fn run(args: TokenizeArgs) -> anyhow::Result<()> {
             || read_chunk(&mut reader, &name),
         );
         for line in encoded? {
-            out.write_all(&line).context("failed to write to standard output")?;
+            out.write_all(&line)
+                .context("failed to write to standard output")?;
         }
         first_line += lines.len() as u64;
         bar.inc(bytes);
@@ -144,9 +146,9 @@ fn jsonl_text(line: &str, name: &InputName, line_number: u64) -> anyhow::Result<
         .with_context(|| format!("{name}, line {line_number}: invalid JSON"))?;
     match value.get("text") {
         Some(serde_json::Value::String(text)) => Ok(text.clone()),
-        Some(other) => bail!(
-            "{name}, line {line_number}: the \"text\" field must be a string, found {other}"
-        ),
+        Some(other) => {
+            bail!("{name}, line {line_number}: the \"text\" field must be a string, found {other}")
+        }
         None => bail!("{name}, line {line_number}: missing \"text\" field"),
     }
 }

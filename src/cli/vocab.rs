@@ -129,7 +129,9 @@ fn build(args: VocabBuildArgs, progress: bool) -> anyhow::Result<()> {
             let vocab = counter.build(args.min_freq, args.max_vocab);
             vocab
                 .save(&args.out, &tokenizer.rules().name, VocabKind::Word)
-                .with_context(|| format!("failed to save the vocabulary in {}", args.out.display()))?;
+                .with_context(|| {
+                    format!("failed to save the vocabulary in {}", args.out.display())
+                })?;
             eprintln!(
                 "{documents} documents, {tokens} tokens, {} distinct; saved {} tokens in {}",
                 counter.len(),

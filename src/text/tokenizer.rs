@@ -11,7 +11,6 @@ use super::spacy::EnglishTokenizer;
 use super::subword::{SubwordError, SubwordModel};
 
 /// Splits rewritten text into tokens.
-#[derive(Clone)]
 pub enum Splitter {
     /// spaCy 3.8's blank-English tokenizer, as fastai's `WordTokenizer` uses it.
     Word(EnglishTokenizer),
@@ -20,7 +19,6 @@ pub enum Splitter {
 }
 
 /// Rules plus a splitter: turns one document into its tokens.
-#[derive(Clone)]
 pub struct Tokenizer {
     rules: RuleSet,
     splitter: Splitter,
@@ -74,7 +72,7 @@ impl Tokenizer {
         mut visit: impl FnMut(&str),
     ) -> Result<(), SubwordError> {
         let rewritten = self.rules.apply(text);
-        let token_rules = self.rules.has_token_rules();
+        let token_rules = self.rules.rules.iter().any(|rule| rule.is_token_rule());
         match &self.splitter {
             Splitter::Word(words) if !token_rules => {
                 scratch.spans.clear();
@@ -88,9 +86,12 @@ impl Tokenizer {
                 scratch.spans.clear();
                 words.split(&rewritten, &mut scratch.spans);
                 scratch.tokens.clear();
-                scratch
-                    .tokens
-                    .extend(scratch.spans.iter().map(|s| rewritten[s.clone()].to_string()));
+                scratch.tokens.extend(
+                    scratch
+                        .spans
+                        .iter()
+                        .map(|s| rewritten[s.clone()].to_string()),
+                );
             }
             Splitter::Subword(model) => {
                 scratch.tokens = model.encode(&rewritten)?;
