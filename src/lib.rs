@@ -5,4 +5,5 @@
 //! memory-mapped token files and batches).
 
 pub mod cli;
+pub mod rng;
 pub mod text;
