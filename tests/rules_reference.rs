@@ -3,8 +3,9 @@
 //! The reference is a JSON-lines file named by `ULMFIT_RULES_REFERENCE`, one object per
 //! line with `kind`, `input` and `output`. `kind` is a rule set name (`fastai2`,
 //! `fastai1`), `imdb` or `nasty` for the whole fastai 2.x list, or the name of one Python
-//! rule function (`fix_html`, `replace_rep`, ...) applied alone. The test is skipped when
-//! the variable is unset; it also prints the throughput of `RuleSet::apply` on `imdb` lines.
+//! rule function (`fix_html`, `replace_rep`, ...) applied alone. For `fastai1_tokens`,
+//! `input` and `output` are token lists for the fastai 1.0 token rules. The test is skipped when
+//! the variable is unset. It also prints the throughput of `RuleSet::apply` on `imdb` lines.
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -24,7 +25,7 @@ fn rule_set_for(kind: &str) -> Option<RuleSet> {
         "replace_rep" => single(Rule::ReplaceRep),
         "replace_wrep" => single(Rule::ReplaceWrep),
         "spec_add_spaces" => single(Rule::SpecAddSpaces),
-        "rm_useless_spaces" => single(Rule::RmUselessSpaces),
+        "rm_useless_spaces" | "rm_useless_spaces_v1" => single(Rule::RmUselessSpaces),
         "replace_all_caps" => single(Rule::ReplaceAllCaps),
         "replace_maj" => single(Rule::ReplaceMaj),
         "lowercase" => single(Rule::Lowercase),
@@ -51,6 +52,28 @@ fn rules_match_python_reference() {
         let line = line.expect("reference file should be readable");
         let record: serde_json::Value = serde_json::from_str(&line).expect("line should be JSON");
         let kind = record["kind"].as_str().expect("kind should be a string");
+        if kind == "fastai1_tokens" {
+            let strings = |value: &serde_json::Value| -> Vec<String> {
+                let items = value.as_array().expect("token list should be an array");
+                items
+                    .iter()
+                    .map(|item| item.as_str().expect("token should be a string").to_string())
+                    .collect()
+            };
+            let mut actual = strings(&record["input"]);
+            RuleSet::fastai1().apply_to_tokens(&mut actual);
+            let expected = strings(&record["output"]);
+            let entry = totals.entry(kind.to_string()).or_default();
+            entry.0 += 1;
+            if actual != expected {
+                entry.1 += 1;
+                if shown < 20 {
+                    shown += 1;
+                    eprintln!("line {}: {kind}\n  input:    {}\n  expected: {expected:?}\n  actual:   {actual:?}", number + 1, record["input"]);
+                }
+            }
+            continue;
+        }
         let input = record["input"].as_str().expect("input should be a string");
         let expected = record["output"]
             .as_str()

@@ -1,5 +1,9 @@
 //! Rules of fastai 1.0 (`fastai/text/transform.py` in its late 1.0.x form, with `xxeos`
 //! and the `<unk>` replacement) that differ from fastai 2.x.
+//!
+//! NOTE: these follow the late 1.0.x sources of `transform.py` and `data.py` in the
+//! fastai repository history. The exact release is not pinned, and earlier 1.0.x
+//! releases lack the `<unk>` and ` @,@ ` replacements of `fix_html`.
 
 use std::fmt::Write;
 

@@ -77,12 +77,13 @@ struct WordRepeat {
 /// the maximum `k`, the last copy must be followed by a non-word character or the end,
 /// and if it is not, `k - 1` repetitions succeed because copy `k` is followed by
 /// whitespace.
-fn match_word_repeat(s: &str, start: usize, word_start: usize) -> Option<WordRepeat> {
+/// On failure, returns the end of the word so the search can resume there.
+fn match_word_repeat(s: &str, start: usize, word_start: usize) -> Result<WordRepeat, usize> {
     let word_end = skip_word(s, word_start);
     let word = &s.as_bytes()[word_start..word_end];
     let first_gap_end = skip_space(s, word_end);
     if first_gap_end == word_end {
-        return None;
+        return Err(word_end);
     }
     let bytes = s.as_bytes();
     let mut repeats = 0;
@@ -99,7 +100,7 @@ fn match_word_repeat(s: &str, start: usize, word_start: usize) -> Option<WordRep
         repeats += 1;
     }
     if repeats == 0 {
-        return None;
+        return Err(word_end);
     }
     let last_copy_ends_word = |copy: usize| -> Option<(usize, usize)> {
         if !bytes[copy..].starts_with(word) {
@@ -115,14 +116,14 @@ fn match_word_repeat(s: &str, start: usize, word_start: usize) -> Option<WordRep
     let (copies, after) = match last_copy_ends_word(position) {
         Some(after) => (repeats + 2, after),
         None if repeats >= 2 => {
-            // Copy number `repeats + 1` becomes the last one; whitespace follows it.
+            // Copy number `repeats + 1` becomes the last one, and whitespace follows it.
             let after = previous + word.len();
             let (_, len) = space_at(s, after);
             (repeats + 1, (after, after + len))
         }
-        None => return None,
+        None => return Err(word_end),
     };
-    Some(WordRepeat {
+    Ok(WordRepeat {
         start,
         end: after.1,
         word: (word_start, word_end),
@@ -131,45 +132,71 @@ fn match_word_repeat(s: &str, start: usize, word_start: usize) -> Option<WordRep
     })
 }
 
+/// Returns the next position from `i` on where the word-repetition pattern can start: a
+/// whitespace character followed by a word character, as `(whitespace, word start)`.
+fn next_word_candidate(s: &str, mut i: usize) -> Option<(usize, usize)> {
+    let bytes = s.as_bytes();
+    while i < bytes.len() {
+        let (space, len) = space_at(s, i);
+        if space {
+            let next = i + len;
+            if next < bytes.len() && word_at(s, next).0 {
+                return Some((i, next));
+            }
+        }
+        i += len;
+    }
+    None
+}
+
 /// Replaces a word repeated at least three times by ` xxwrep N word ` (fastai 2.x).
 pub(super) fn replace_wrep(s: &str, out: &mut String) -> bool {
     let bytes = s.as_bytes();
     let mut changed = false;
     let mut copied = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        // Find the next candidate: position 0 before a word character, or a whitespace
-        // character followed by a word character.
-        let (start, word_start) = if i == 0 && word_at(s, 0).0 {
-            (0, 0)
-        } else {
-            let (space, len) = space_at(s, i);
-            if !space {
-                i += len;
-                continue;
-            }
-            let next = i + len;
-            if next >= bytes.len() || !word_at(s, next).0 {
-                i = next;
-                continue;
-            }
-            (i, next)
-        };
-        match match_word_repeat(s, start, word_start) {
-            Some(found) => {
-                if !changed {
-                    out.clear();
-                    changed = true;
+    // `^` lets a match start at position 0 without whitespace.
+    let mut candidate = if !s.is_empty() && word_at(s, 0).0 {
+        Some((0, 0))
+    } else {
+        next_word_candidate(s, 0)
+    };
+    while let Some((start, word_start)) = candidate {
+        // Most words differ from the next one: test that before the full match.
+        let word_end = skip_word(s, word_start);
+        let gap_end = skip_space(s, word_end);
+        let word = &bytes[word_start..word_end];
+        let resume = if gap_end > word_end && bytes[gap_end..].starts_with(word) {
+            match match_word_repeat(s, start, word_start) {
+                Ok(found) => {
+                    if !changed {
+                        out.clear();
+                        changed = true;
+                    }
+                    out.push_str(&s[copied..found.start]);
+                    let word = &s[found.word.0..found.word.1];
+                    let after = &s[found.after.0..found.after.1];
+                    // Writing into a String cannot fail.
+                    let _ = write!(out, " {WREP} {} {word} {after}", found.count);
+                    copied = found.end;
+                    candidate = next_word_candidate(s, found.end);
+                    continue;
                 }
-                out.push_str(&s[copied..found.start]);
-                let word = &s[found.word.0..found.word.1];
-                let after = &s[found.after.0..found.after.1];
-                let _ = write!(out, " {WREP} {} {word} {after}", found.count);
-                copied = found.end;
-                i = found.end;
+                Err(word_end) => word_end,
             }
-            None => i = skip_word(s, word_start),
-        }
+        } else {
+            word_end
+        };
+        // The whitespace run after the word is already scanned: when a word follows it,
+        // the next candidate starts at the run's last character.
+        candidate = if gap_end > resume && gap_end < bytes.len() && word_at(s, gap_end).0 {
+            let mut last_space = gap_end - 1;
+            while (bytes[last_space] & 0xc0) == 0x80 {
+                last_space -= 1;
+            }
+            Some((last_space, gap_end))
+        } else {
+            next_word_candidate(s, resume)
+        };
     }
     if changed {
         out.push_str(&s[copied..]);
@@ -238,40 +265,55 @@ pub(super) fn replace_caps(s: &str, all_caps: bool, maj: bool, out: &mut String)
     let bytes = s.as_bytes();
     let mut changed = false;
     let mut copied = 0;
-    let mut i = skip_space(s, 0);
-    while i < bytes.len() {
-        let token_end = skip_non_space(s, i);
-        if bytes[i].is_ascii_uppercase() {
-            let token = &s[i..token_end];
-            let rest = &token.as_bytes()[1..];
-            let marker = if all_caps && !rest.iter().any(u8::is_ascii_lowercase) {
-                Some(UP)
-            } else if maj && !rest.iter().any(u8::is_ascii_uppercase) {
-                Some(MAJ)
-            } else {
-                None
-            };
-            if let Some(marker) = marker {
-                if !changed {
-                    out.clear();
-                    out.reserve(s.len() + 64);
-                    changed = true;
-                }
-                out.push_str(&s[copied..i]);
-                if token.chars().nth(1).is_some() {
-                    out.push_str(marker);
-                    out.push(' ');
-                }
-                push_lower(token, out);
-                copied = token_end;
-            }
+    let mut i = 0;
+    // Only tokens that start with A-Z change, so jump from one such byte to the next and
+    // check that it starts a token.
+    while let Some(offset) = bytes[i..].iter().position(u8::is_ascii_uppercase) {
+        let at = i + offset;
+        if at > 0 && !space_before(s, at) {
+            i = at + 1;
+            continue;
         }
-        i = skip_space(s, token_end);
+        let token_end = skip_non_space(s, at);
+        let token = &s[at..token_end];
+        let rest = &token.as_bytes()[1..];
+        let marker = if all_caps && !rest.iter().any(u8::is_ascii_lowercase) {
+            Some(UP)
+        } else if maj && !rest.iter().any(u8::is_ascii_uppercase) {
+            Some(MAJ)
+        } else {
+            None
+        };
+        if let Some(marker) = marker {
+            if !changed {
+                out.clear();
+                out.reserve(s.len() + 64);
+                changed = true;
+            }
+            out.push_str(&s[copied..at]);
+            if token.chars().nth(1).is_some() {
+                out.push_str(marker);
+                out.push(' ');
+            }
+            push_lower(token, out);
+            copied = token_end;
+        }
+        i = token_end;
     }
     if changed {
         out.push_str(&s[copied..]);
     }
     changed
+}
+
+/// Returns whether the character that ends right before byte `at` is Python whitespace.
+fn space_before(s: &str, at: usize) -> bool {
+    let bytes = s.as_bytes();
+    let mut start = at - 1;
+    while start > 0 && (bytes[start] & 0xc0) == 0x80 {
+        start -= 1;
+    }
+    space_at(s, start).0
 }
 
 /// fastai 2.x's `lowercase`: `xxbos `, then the text lowercased and stripped of Python

@@ -91,7 +91,7 @@ pub struct UnknownRuleSetError {
 pub struct RuleSet {
     /// Name stored in model metadata (`fastai`, `fastai1` or `none`).
     pub name: String,
-    /// Rules in application order; string and token rules may be mixed.
+    /// Rules in application order. String and token rules may be mixed.
     pub rules: Vec<Rule>,
 }
 

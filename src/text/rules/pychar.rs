@@ -122,7 +122,7 @@ pub(crate) fn str_is_lower(s: &str) -> bool {
     cased
 }
 
-/// Decodes the character that starts at byte `i` of `s`; `i` must be a char boundary.
+/// Decodes the character that starts at byte `i` of `s`, which must be a char boundary.
 #[inline]
 pub(crate) fn char_at(s: &str, i: usize) -> char {
     let b = s.as_bytes()[i];
