@@ -280,3 +280,69 @@ fn subword_vocab_size_needs_subword() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--subword"), "{stderr}");
 }
+
+#[test]
+fn subword_vocab_tokenize_and_numericalize() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let corpus = dir.path().join("corpus.txt");
+    let sentences: Vec<String> = (0..300)
+        .map(|i| format!("the movie number {i} was rather good and the acting was fine"))
+        .collect();
+    std::fs::write(&corpus, sentences.join("\n") + "\n").expect("write corpus");
+    let model_dir = dir.path().join("unigram");
+    let output = ulmfit(&[
+        "vocab",
+        "build",
+        "--corpus",
+        path_str(&corpus),
+        "--out",
+        path_str(&model_dir),
+        "--subword",
+        "unigram",
+        "--vocab-size",
+        "60",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(model_dir.join("tokenizer.json").is_file());
+    let vocab = Vocab::load(&model_dir).expect("subword vocabulary");
+    assert!(vocab.len() <= 60, "{} pieces", vocab.len());
+    assert_eq!(vocab.token(2), Some("xxbos"));
+
+    let input = dir.path().join("input.txt");
+    std::fs::write(&input, "The acting was good\n").expect("write input");
+    let lines = stdout_lines(&ulmfit(&[
+        "tokenize",
+        "--subword-model",
+        path_str(&model_dir),
+        path_str(&input),
+    ]));
+    let pieces: Vec<String> =
+        serde_json::from_value(lines[0]["tokens"].clone()).expect("a token list");
+    assert_eq!(pieces.first().map(String::as_str), Some("xxbos"));
+    assert_eq!(pieces.get(1).map(String::as_str), Some("xxmaj"));
+    let text: String = pieces[2..].concat().replace('\u{2581}', " ");
+    assert_eq!(text.trim(), "the acting was good");
+
+    let token_file = dir.path().join("corpus.tok");
+    let output = ulmfit(&[
+        "numericalize",
+        "--vocab",
+        path_str(&model_dir),
+        "--corpus",
+        path_str(&corpus),
+        "--out",
+        path_str(&token_file),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let file = TokenFile::open(&token_file, Some(&vocab.content_hash())).expect("token file");
+    assert_eq!(file.n_documents(), 300);
+    assert_eq!(file.document(0).expect("document 0").get(0), Some(2));
+}

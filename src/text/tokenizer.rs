@@ -6,7 +6,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::rules::RuleSet;
+use super::rules::{Rule, RuleSet};
 use super::spacy::EnglishTokenizer;
 use super::subword::{SubwordError, SubwordModel};
 
@@ -15,13 +15,18 @@ pub enum Splitter {
     /// spaCy 3.8's blank-English tokenizer, as fastai's `WordTokenizer` uses it.
     Word(EnglishTokenizer),
     /// A trained Unigram or BPE model (MultiFiT's approach for languages without spaces).
-    Subword(SubwordModel),
+    Subword(Box<SubwordModel>),
 }
 
 /// Rules plus a splitter: turns one document into its tokens.
 pub struct Tokenizer {
     rules: RuleSet,
     splitter: Splitter,
+    /// The token rules are at most `ReplaceSpace`, which the word path applies while
+    /// visiting, so it needs no `String` per token.
+    only_space_token_rule: bool,
+    /// The rules contain `ReplaceSpace`.
+    replace_space: bool,
 }
 
 /// Reusable buffers for [`Tokenizer::for_each_token`], one per thread.
@@ -39,17 +44,25 @@ impl Tokenizer {
 
     /// Returns a word tokenizer with the given rules.
     pub fn word(rules: RuleSet) -> Self {
-        Self {
-            rules,
-            splitter: Splitter::Word(EnglishTokenizer::new()),
-        }
+        Self::new(rules, Splitter::Word(EnglishTokenizer::new()))
     }
 
     /// Returns a subword tokenizer with the given rules.
     pub fn subword(rules: RuleSet, model: SubwordModel) -> Self {
+        Self::new(rules, Splitter::Subword(Box::new(model)))
+    }
+
+    fn new(rules: RuleSet, splitter: Splitter) -> Self {
+        let only_space_token_rule = rules
+            .rules
+            .iter()
+            .all(|rule| !rule.is_token_rule() || *rule == Rule::ReplaceSpace);
+        let replace_space = rules.rules.contains(&Rule::ReplaceSpace);
         Self {
             rules,
-            splitter: Splitter::Subword(model),
+            splitter,
+            only_space_token_rule,
+            replace_space,
         }
     }
 
@@ -72,13 +85,17 @@ impl Tokenizer {
         mut visit: impl FnMut(&str),
     ) -> Result<(), SubwordError> {
         let rewritten = self.rules.apply(text);
-        let token_rules = self.rules.rules.iter().any(|rule| rule.is_token_rule());
         match &self.splitter {
-            Splitter::Word(words) if !token_rules => {
+            Splitter::Word(words) if self.only_space_token_rule => {
                 scratch.spans.clear();
                 words.split(&rewritten, &mut scratch.spans);
                 for span in &scratch.spans {
-                    visit(&rewritten[span.clone()]);
+                    let token = &rewritten[span.clone()];
+                    if self.replace_space && token.contains(' ') {
+                        visit(&token.replace(' ', "\u{2581}"));
+                    } else {
+                        visit(token);
+                    }
                 }
                 return Ok(());
             }
