@@ -42,8 +42,8 @@ pub struct ImportedShape {
     pub vocab_size: usize,
     /// Embedding width (E).
     pub embedding_size: usize,
-    /// Hidden size of the LSTM layers before the last (H); the last layer's output
-    /// size is `embedding_size` in a tied model.
+    /// Hidden size of the first LSTM layer (H). In a tied model the last layer's
+    /// output size is `embedding_size` instead.
     pub hidden_size: usize,
     /// Number of LSTM layers.
     pub layers: usize,
@@ -103,8 +103,9 @@ struct LayoutKeys {
     layout: FastaiLayout,
     encoder: String,
     encoder_dropout: String,
-    /// Per layer: weight_ih, weight_hh (raw), bias_ih, bias_hh, and the fastai 1.x copy.
+    /// Per layer: weight_ih, weight_hh (the raw matrix), bias_ih and bias_hh.
     layers: Vec<[String; 4]>,
+    /// The fastai 1.x dropped-out copies of weight_hh, required but not imported.
     dropped_copies: Vec<String>,
     decoder: Option<(String, String)>,
 }
@@ -430,4 +431,65 @@ pub fn match_embeddings(
     let bias_table = Tensor::cat(&[&bias, &mean_bias], 0).map_err(tensor_error)?;
     let new_bias = bias_table.index_select(&indices, 0).map_err(tensor_error)?;
     Ok((new_embedding, new_bias))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::DType;
+
+    fn lm_state(decoder_weight: &Tensor) -> Vec<(String, Tensor)> {
+        let zeros = |shape: &[usize]| Tensor::zeros(shape, DType::F32, &Device::Cpu).unwrap();
+        let encoder = Tensor::ones((5, 2), DType::F32, &Device::Cpu).unwrap();
+        vec![
+            ("0.encoder.weight".into(), encoder.clone()),
+            ("0.encoder_dp.emb.weight".into(), encoder),
+            ("0.rnns.0.module.weight_ih_l0".into(), zeros(&[8, 2])),
+            ("0.rnns.0.weight_hh_l0_raw".into(), zeros(&[8, 2])),
+            ("0.rnns.0.module.bias_ih_l0".into(), zeros(&[8])),
+            ("0.rnns.0.module.bias_hh_l0".into(), zeros(&[8])),
+            ("1.decoder.weight".into(), decoder_weight.clone()),
+            ("1.decoder.bias".into(), zeros(&[5])),
+        ]
+    }
+
+    fn import(state: &[(String, Tensor)]) -> Result<FastaiWeights, ImportError> {
+        let map: HashMap<&str, &Tensor> = state.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let mut names: Vec<&str> = map.keys().copied().collect();
+        names.sort_unstable();
+        let keys = expected_keys(&names);
+        check_keys(Path::new("lm.pth"), &names, &keys)?;
+        canonical_tensors(Path::new("lm.pth"), &map, &keys)
+    }
+
+    #[test]
+    fn untied_decoder_is_kept() {
+        let decoder = Tensor::full(0.5f32, (5, 2), &Device::Cpu).unwrap();
+        let weights = import(&lm_state(&decoder)).unwrap();
+        assert!(!weights.shape.tied);
+        let kept = weights.tensor("decoder.weight").unwrap();
+        assert_eq!(kept.to_vec2::<f32>().unwrap(), vec![vec![0.5f32; 2]; 5]);
+    }
+
+    #[test]
+    fn tied_decoder_is_dropped() {
+        let decoder = Tensor::ones((5, 2), DType::F32, &Device::Cpu).unwrap();
+        let weights = import(&lm_state(&decoder)).unwrap();
+        assert!(weights.shape.tied);
+        assert!(weights.tensor("decoder.weight").is_none());
+        assert_eq!(weights.shape.hidden_size, 2);
+    }
+
+    #[test]
+    fn wrong_gate_rows_are_rejected() {
+        let decoder = Tensor::ones((5, 2), DType::F32, &Device::Cpu).unwrap();
+        let mut state = lm_state(&decoder);
+        state[3].1 = Tensor::zeros((8, 3), DType::F32, &Device::Cpu).unwrap();
+        let err = import(&state).unwrap_err();
+        let ImportError::ShapeMismatch { key, actual, .. } = &err else {
+            panic!("expected a shape mismatch, got {err}");
+        };
+        assert_eq!(key, "0.rnns.0.weight_hh_l0_raw");
+        assert_eq!(actual, &vec![8, 3]);
+    }
 }
