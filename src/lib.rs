@@ -5,5 +5,6 @@
 //! memory-mapped token files and batches).
 
 pub mod cli;
+pub mod import;
 pub mod rng;
 pub mod text;
