@@ -54,6 +54,8 @@ fn write_corpus(path: &Path, bytes: u64) {
 }
 
 /// Runs the binary with `args` and returns its peak resident set size in MB.
+// The child is reaped by `wait4`, which also returns its resource usage.
+#[allow(clippy::zombie_processes)]
 fn run_measuring_rss(args: &[&str]) -> f64 {
     let child = Command::new(env!("CARGO_BIN_EXE_ulmfit"))
         .args(args)
