@@ -25,8 +25,8 @@ pub struct NumericalizeArgs {
     #[arg(long, value_name = "DIR")]
     pub vocab: PathBuf,
 
-    /// Corpus to read (repeatable), in order.
-    #[arg(long, required = true, value_name = "PATH")]
+    /// Corpora to read, in order (`--corpus A B` or `--corpus A --corpus B`).
+    #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
     pub corpus: Vec<PathBuf>,
 
     /// Token file to write.

@@ -34,8 +34,9 @@ pub enum SubwordName {
 /// Arguments of `ulmfit vocab build`.
 #[derive(Debug, Args)]
 pub struct VocabBuildArgs {
-    /// Corpus to read (repeatable): a file or a folder, see `--format`. Labels are ignored.
-    #[arg(long, required = true, value_name = "PATH")]
+    /// Corpora to read (`--corpus A B` or `--corpus A --corpus B`): files or folders, see
+    /// `--format`. Labels are ignored.
+    #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
     pub corpus: Vec<PathBuf>,
 
     /// Folder to write the vocabulary into (created if missing).
