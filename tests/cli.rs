@@ -346,3 +346,47 @@ fn subword_vocab_tokenize_and_numericalize() {
     assert_eq!(file.n_documents(), 300);
     assert_eq!(file.document(0).expect("document 0").get(0), Some(2));
 }
+
+#[test]
+fn vocab_build_is_identical_across_processes() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let corpus = dir.path().join("corpus.txt");
+    // 500 distinct words, each seen exactly 3 times: every count is a tie. The words are
+    // written in scrambled order and have no character repeated 3 times, which fastai's
+    // rules would rewrite.
+    let letters: Vec<char> = ('a'..='z').filter(|&c| c != 'q').collect();
+    let words: Vec<String> = (0..500)
+        .map(|i| (i * 7919) % 500)
+        .map(|i| format!("q{}{}", letters[i / 25], letters[i % 25]))
+        .collect();
+    let text = (0..3)
+        .map(|_| words.join(" "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&corpus, text + "\n").expect("write corpus");
+    let mut files = Vec::new();
+    for name in ["first", "second"] {
+        let out = dir.path().join(name);
+        let output = ulmfit(&[
+            "vocab",
+            "build",
+            "--corpus",
+            path_str(&corpus),
+            "--out",
+            path_str(&out),
+        ]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        files.push(std::fs::read(out.join("vocab.txt")).expect("vocab.txt"));
+    }
+    assert_eq!(files[0], files[1]);
+    let first = Vocab::load(&dir.path().join("first")).expect("vocabulary");
+    assert_eq!(first.len(), 9 + 500);
+    // Equal counts are ordered by the token's bytes: "qaa" < "qab" < ...
+    assert_eq!(first.token(9), Some("qaa"));
+    assert_eq!(first.token(10), Some("qab"));
+    assert_eq!(first.token(9 + 25), Some("qba"));
+}
