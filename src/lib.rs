@@ -7,3 +7,4 @@
 pub mod cli;
 pub mod rng;
 pub mod text;
+pub mod train;
