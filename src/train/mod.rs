@@ -18,8 +18,8 @@ pub mod trainer;
 
 //pub use checkpoint::{Checkpoint, TrainState};
 pub use groups::{spread_lrs, LrSpec, Param, ParamGroup};
-//pub use lr_find::{LrFindResult, LrFinder};
-//pub use metrics::{accuracy, perplexity, ConfusionMatrix, Metrics};
+pub use lr_find::{LrFindResult, LrFinder, SmoothLoss};
+pub use metrics::{accuracy, perplexity, ConfusionMatrix, Metrics};
 pub use optimizer::{AdamConfig, AdamW};
 pub use schedule::{one_cycle, sched_cos, stlr, OneCycle, Schedule, Stlr};
 //pub use trainer::{RunOptions, TrainSettings, TrainTask, Trainer};

@@ -19,7 +19,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::groups::{frozen_mask, Param, ParamGroup};
+use super::groups::{frozen_mask, ParamGroup};
 use super::{Result, TrainError};
 
 /// Adam hyper-parameters other than the learning rate; defaults are fastai 2.x's.
