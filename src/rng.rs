@@ -147,7 +147,9 @@ mod tests {
         let mask = rng.dropout_mask(100_000, 0.25);
         let zeros = mask.iter().filter(|&&v| v == 0.0).count();
         assert!((24_000..26_000).contains(&zeros), "{zeros} zeros");
-        assert!(mask.iter().all(|&v| v == 0.0 || (v - 4.0 / 3.0).abs() < 1e-6));
+        assert!(mask
+            .iter()
+            .all(|&v| v == 0.0 || (v - 4.0 / 3.0).abs() < 1e-6));
     }
 
     #[test]

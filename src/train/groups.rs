@@ -132,7 +132,10 @@ mod tests {
         let lrs = spread_lrs(LrSpec::Range(1e-3 / 2.6f64.powi(4), 1e-3), 5);
         for (k, lr) in lrs.iter().rev().enumerate() {
             let expected = 1e-3 / 2.6f64.powi(k as i32);
-            assert!((lr - expected).abs() < 1e-15, "group {k}: {lr} vs {expected}");
+            assert!(
+                (lr - expected).abs() < 1e-15,
+                "group {k}: {lr} vs {expected}"
+            );
         }
     }
 

@@ -102,7 +102,10 @@ impl LrFindResult {
             return (&[], &[]);
         }
         let losses = &self.losses[start..end];
-        let keep = losses.iter().position(|l| l.is_nan()).unwrap_or(losses.len());
+        let keep = losses
+            .iter()
+            .position(|l| l.is_nan())
+            .unwrap_or(losses.len());
         (&self.lrs[start..start + keep], &losses[..keep])
     }
 
@@ -117,11 +120,18 @@ impl LrFindResult {
     /// Writes the smoothed loss against the learning rate (log scale) as an SVG file,
     /// marking the `valley` suggestion when there is one.
     pub fn plot_svg(&self, path: &Path) -> Result<()> {
-        let plot_err = |e: &dyn std::fmt::Display| TrainError::Invalid(format!(
-            "failed to write the learning-rate plot {}: {e}",
-            path.display()
-        ));
-        let end = self.losses.len().saturating_sub(5).max(1).min(self.losses.len());
+        let plot_err = |e: &dyn std::fmt::Display| {
+            TrainError::Invalid(format!(
+                "failed to write the learning-rate plot {}: {e}",
+                path.display()
+            ))
+        };
+        let end = self
+            .losses
+            .len()
+            .saturating_sub(5)
+            .max(1)
+            .min(self.losses.len());
         let points: Vec<(f64, f64)> = self.lrs[..end]
             .iter()
             .copied()

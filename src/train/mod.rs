@@ -16,13 +16,14 @@ pub mod progress;
 pub mod schedule;
 pub mod trainer;
 
-//pub use checkpoint::{Checkpoint, TrainState};
+pub use checkpoint::{Checkpoint, TrainState};
 pub use groups::{spread_lrs, LrSpec, Param, ParamGroup};
 pub use lr_find::{LrFindResult, LrFinder, SmoothLoss};
 pub use metrics::{accuracy, perplexity, ConfusionMatrix, Metrics};
 pub use optimizer::{AdamConfig, AdamW};
+pub use progress::EpochRecord;
 pub use schedule::{one_cycle, sched_cos, stlr, OneCycle, Schedule, Stlr};
-//pub use trainer::{RunOptions, TrainSettings, TrainTask, Trainer};
+pub use trainer::{BatchIter, RunOptions, TrainSettings, TrainTask, Trainer};
 
 use std::path::PathBuf;
 

@@ -242,7 +242,8 @@ impl AdamW {
                             param.var.dims()
                         )));
                     }
-                    Ok(t.to_device(param.var.device())?.to_dtype(param.var.dtype())?)
+                    Ok(t.to_device(param.var.device())?
+                        .to_dtype(param.var.dtype())?)
                 };
                 state.grad_avg = Some(fetch("grad_avg")?);
                 state.sqr_avg = Some(fetch("sqr_avg")?);
@@ -257,7 +258,11 @@ impl AdamW {
 pub fn global_norm(grads: &Grads) -> Result<f64> {
     let mut total = 0f64;
     for grad in grads.iter().flatten().flatten() {
-        let sum = grad.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()?;
+        let sum = grad
+            .to_dtype(DType::F32)?
+            .sqr()?
+            .sum_all()?
+            .to_scalar::<f32>()?;
         total += f64::from(sum);
     }
     Ok(total.sqrt())
