@@ -1,7 +1,7 @@
 //! The shared trainer: parameter groups, AdamW, learning-rate schedules, the
 //! learning-rate finder, metrics, checkpoints and the training loop.
 //!
-//! It knows nothing about text or any model: a stage (language model, classifier, image
+//! It does not depend on text or model code. A stage (language model, classifier, image
 //! model) implements [`TrainTask`], which hands over named [`candle_core::Var`]s grouped
 //! into [`ParamGroup`]s, yields batches and computes a scalar loss per batch.
 //! The defaults follow fastai 2.x (`Adam` with decoupled weight decay, `fit_one_cycle`,
@@ -46,7 +46,7 @@ pub enum TrainError {
     Checkpoint {
         /// The offending file.
         path: PathBuf,
-        /// What is wrong with it.
+        /// Reason the file was rejected.
         reason: String,
     },
     /// The loss or a gradient became NaN or infinite.

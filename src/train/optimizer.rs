@@ -322,10 +322,13 @@ mod tests {
         v.as_tensor().to_vec1::<f32>().unwrap()
     }
 
-    fn assert_close(actual: &[f32], expected: &[f32]) {
+    fn assert_close(actual: &[f32], expected: &[f64]) {
         assert_eq!(actual.len(), expected.len());
         for (a, e) in actual.iter().zip(expected) {
-            assert!((a - e).abs() <= 2e-6, "{actual:?} vs {expected:?}");
+            assert!(
+                (f64::from(*a) - e).abs() <= 2e-6,
+                "{actual:?} vs {expected:?}"
+            );
         }
     }
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -106,15 +106,6 @@ impl EpochBar {
     pub fn finish(&self) {
         self.bar.finish_and_clear();
     }
-}
-
-/// Where progress goes.
-#[derive(Debug, Clone, Default)]
-pub struct ProgressOptions {
-    /// Show an `indicatif` bar and the per-epoch summary on stderr.
-    pub show: bool,
-    /// Append one JSON object per epoch to this file.
-    pub json_log: Option<PathBuf>,
 }
 
 #[cfg(test)]

@@ -303,8 +303,8 @@ impl Trainer {
     }
 
     /// Resumes the run checkpointed in `dir`: loads weights into the task's parameters,
-    /// the optimizer state, the position and the generator. `given` holds settings given
-    /// again now, which must equal the stored ones.
+    /// the optimizer state, the position and the generator. `given` contains the settings
+    /// given again now, which must equal the stored ones.
     pub fn resume<T: TrainTask>(
         task: &mut T,
         dir: &Path,
@@ -449,6 +449,9 @@ impl Trainer {
         while !self.is_done() {
             let epoch = self.state.epoch;
             let start = Instant::now();
+            // NOTE: checkpoints do not store state carried between batches, so a task
+            // that keeps an RNN hidden state resumes mid-epoch from a reset state and
+            // is then not bit-identical to an uninterrupted run.
             task.reset_state();
             let batches = task.batches_per_epoch();
             let iter = task.train_batches(
