@@ -8,3 +8,4 @@ pub mod cli;
 pub mod import;
 pub mod rng;
 pub mod text;
+pub mod train;
