@@ -5,5 +5,7 @@
 //! memory-mapped token files and batches).
 
 pub mod cli;
+pub mod kernels;
+pub mod model;
 pub mod rng;
 pub mod text;
