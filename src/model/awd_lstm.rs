@@ -88,7 +88,7 @@ pub struct LanguageModel {
     config: AwdLstmConfig,
     encoder: Var,
     layers: Vec<LstmLayer>,
-    /// Separate decoder weight `[vocab, embedding]`; `None` when tied to the encoder.
+    /// Separate decoder weight `[vocab, embedding]`, or `None` when tied to the encoder.
     decoder_weight: Option<Var>,
     decoder_bias: Option<Var>,
     /// `(h, c)` per layer, each `[batch, layer output]`, detached from earlier graphs.
@@ -336,7 +336,8 @@ impl LanguageModel {
     }
 
     /// Sets whether forward passes build a graph for backpropagation (default true).
-    /// Inference runs faster and keeps less memory with `false`.
+    /// With `false`, the fused LSTM keeps no gates for a backward pass, so inference
+    /// needs less memory.
     pub fn set_track_gradients(&mut self, track: bool) {
         self.track_gradients = track;
     }
@@ -488,14 +489,14 @@ impl LanguageModel {
         };
         if input.dtype() != DType::U32 {
             return Err(ModelError::InvalidInput(format!(
-                "token ids must have dtype u32, got {:?}",
+                "token ids must have dtype u32, got {:?}; convert them with to_dtype(DType::U32)",
                 input.dtype()
             )));
         }
         let max_id = input.max_all()?.to_scalar::<u32>()?;
         if max_id as usize >= self.config.vocab_size {
             return Err(ModelError::InvalidInput(format!(
-                "token id {max_id} is outside the vocabulary of {} tokens",
+                "token id {max_id} is outside the vocabulary of {} tokens; numericalize the text with the model's vocabulary",
                 self.config.vocab_size
             )));
         }
