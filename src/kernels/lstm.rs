@@ -1,0 +1,683 @@
+//! A whole-sequence LSTM layer as one Candle custom operation.
+//!
+//! The caller computes the input projection `x W_ih^T + b_ih + b_hh` for every time step
+//! with one matrix product. The operation then runs the recurrence: per step one
+//! `[batch, hidden] x [hidden, 4 hidden]` product with `gemm` (the crate Candle's CPU
+//! backend uses) and one element-wise pass over the gates. Its backward pass is
+//! hand-written backpropagation through time that returns the gradient of the projected
+//! inputs, of `W_hh` (one large matrix product over all steps), and of the initial state.
+//!
+//! Gate order and weight layout follow PyTorch's `nn.LSTM`: the `4 hidden` rows of
+//! `W_hh` are the input, forget, cell (g) and output gates, in that order.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{
+    backend::BackendStorage, bail, CpuStorage, DType, Layout, Result, Shape, Tensor, WithDType,
+};
+use gemm::Parallelism;
+
+/// Outputs of [`lstm_sequence`].
+#[derive(Debug, Clone)]
+pub struct LstmSequenceOutput {
+    /// Hidden state after every step, `[time, batch, hidden]`.
+    pub outputs: Tensor,
+    /// Hidden state after the last step, `[batch, hidden]`.
+    pub h_last: Tensor,
+    /// Cell state after the last step, `[batch, hidden]`.
+    pub c_last: Tensor,
+}
+
+/// Runs an LSTM layer over a whole sequence with the fused CPU operation.
+///
+/// Shapes: `projected` `[time, batch, 4 hidden]` (the input projection with both biases
+/// added), `w_hh` `[4 hidden, hidden]`, `h0` and `c0` `[batch, hidden]`. All must share
+/// one floating dtype (f32 or f64) and live on the CPU. Gradients flow to all four inputs.
+pub fn lstm_sequence(
+    projected: &Tensor,
+    w_hh: &Tensor,
+    h0: &Tensor,
+    c0: &Tensor,
+) -> Result<LstmSequenceOutput> {
+    let (time, _batch, _hidden) = check_shapes(projected, w_hh, h0, c0)?;
+    let state0 = Tensor::stack(&[h0, c0], 0)?.contiguous()?;
+    let save_for_backward = projected.track_op() || w_hh.track_op() || state0.track_op();
+    let op = FusedLstm {
+        save_for_backward,
+        cache: Mutex::new(None),
+    };
+    let packed = projected
+        .contiguous()?
+        .apply_op3(&w_hh.contiguous()?, &state0, op)?;
+    Ok(LstmSequenceOutput {
+        outputs: packed.narrow(0, 0, time)?,
+        h_last: packed.get(time - 1)?,
+        c_last: packed.get(time)?,
+    })
+}
+
+/// Runs the same LSTM recurrence with stock Candle operations, one step at a time, so
+/// that autograd derives the backward pass. Same shapes and result as
+/// [`lstm_sequence`]; slower, and kept as a reference for tests.
+pub fn lstm_sequence_autograd(
+    projected: &Tensor,
+    w_hh: &Tensor,
+    h0: &Tensor,
+    c0: &Tensor,
+) -> Result<LstmSequenceOutput> {
+    let (time, _batch, hidden) = check_shapes(projected, w_hh, h0, c0)?;
+    let w_t = w_hh.t()?;
+    let mut h = h0.clone();
+    let mut c = c0.clone();
+    let mut outputs = Vec::with_capacity(time);
+    for t in 0..time {
+        let gates = projected.get(t)?.add(&h.matmul(&w_t)?)?;
+        let input_gate = candle_nn::ops::sigmoid(&gates.narrow(1, 0, hidden)?)?;
+        let forget_gate = candle_nn::ops::sigmoid(&gates.narrow(1, hidden, hidden)?)?;
+        let cell_gate = gates.narrow(1, 2 * hidden, hidden)?.tanh()?;
+        let output_gate = candle_nn::ops::sigmoid(&gates.narrow(1, 3 * hidden, hidden)?)?;
+        c = forget_gate.mul(&c)?.add(&input_gate.mul(&cell_gate)?)?;
+        h = output_gate.mul(&c.tanh()?)?;
+        outputs.push(h.clone());
+    }
+    Ok(LstmSequenceOutput {
+        outputs: Tensor::stack(&outputs, 0)?,
+        h_last: h,
+        c_last: c,
+    })
+}
+
+/// Checks the shapes of the inputs and returns `(time, batch, hidden)`.
+fn check_shapes(
+    projected: &Tensor,
+    w_hh: &Tensor,
+    h0: &Tensor,
+    c0: &Tensor,
+) -> Result<(usize, usize, usize)> {
+    let (time, batch, gate_width) = projected.dims3()?;
+    let (w_rows, hidden) = w_hh.dims2()?;
+    if time == 0 {
+        bail!(
+            "lstm_sequence: the sequence is empty (projected inputs {:?})",
+            projected.dims()
+        );
+    }
+    if gate_width != 4 * hidden || w_rows != 4 * hidden {
+        bail!(
+            "lstm_sequence: projected inputs {:?} and W_hh {:?} do not match [time, batch, 4 hidden] and [4 hidden, hidden]",
+            projected.dims(),
+            w_hh.dims()
+        );
+    }
+    for (name, state) in [("h0", h0), ("c0", c0)] {
+        if state.dims() != [batch, hidden] {
+            bail!(
+                "lstm_sequence: {name} has shape {:?}, expected [{batch}, {hidden}]",
+                state.dims()
+            );
+        }
+    }
+    Ok((time, batch, hidden))
+}
+
+/// Activated gates and cell states of every step, kept by the forward pass for the
+/// backward pass.
+struct Cache {
+    /// Activated gates `[time, batch, 4 hidden]`: sigmoid(i), sigmoid(f), tanh(g), sigmoid(o).
+    gates: CacheData,
+    /// Cell state after every step, `[time, batch, hidden]`.
+    cells: CacheData,
+}
+
+enum CacheData {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+/// The custom operation. Inputs: projected inputs `[T, B, 4H]`, `W_hh` `[4H, H]`, and the
+/// initial state `[2, B, H]` (h0 then c0). Output `[T + 1, B, H]`: rows `0..T` hold the
+/// hidden state after each step and row `T` the final cell state.
+struct FusedLstm {
+    save_for_backward: bool,
+    cache: Mutex<Option<Arc<Cache>>>,
+}
+
+/// Element types the kernel runs on.
+trait LstmFloat: WithDType {
+    fn sigmoid(self) -> Self;
+    fn tanh(self) -> Self;
+    fn wrap(values: Vec<Self>) -> CacheData;
+    fn unwrap(data: &CacheData) -> Option<&[Self]>;
+}
+
+impl LstmFloat for f32 {
+    fn sigmoid(self) -> Self {
+        1.0 / (1.0 + (-self).exp())
+    }
+    fn tanh(self) -> Self {
+        f32::tanh(self)
+    }
+    fn wrap(values: Vec<Self>) -> CacheData {
+        CacheData::F32(values)
+    }
+    fn unwrap(data: &CacheData) -> Option<&[Self]> {
+        match data {
+            CacheData::F32(values) => Some(values),
+            CacheData::F64(_) => None,
+        }
+    }
+}
+
+impl LstmFloat for f64 {
+    fn sigmoid(self) -> Self {
+        1.0 / (1.0 + (-self).exp())
+    }
+    fn tanh(self) -> Self {
+        f64::tanh(self)
+    }
+    fn wrap(values: Vec<Self>) -> CacheData {
+        CacheData::F64(values)
+    }
+    fn unwrap(data: &CacheData) -> Option<&[Self]> {
+        match data {
+            CacheData::F64(values) => Some(values),
+            CacheData::F32(_) => None,
+        }
+    }
+}
+
+fn parallelism() -> Parallelism {
+    let threads = candle_core::utils::get_num_threads();
+    if threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    }
+}
+
+/// Returns the contiguous elements of a storage, or an error naming the operand.
+fn contiguous_slice<'a, T: WithDType>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    operand: &str,
+) -> Result<&'a [T]> {
+    let data = storage.as_slice::<T>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!("fused_lstm: {operand} must be contiguous"),
+    }
+}
+
+impl FusedLstm {
+    /// Runs the recurrence. Returns the packed output and, when requested, the cache.
+    fn forward<T: LstmFloat>(
+        &self,
+        projected: &[T],
+        w_hh: &[T],
+        state0: &[T],
+        (time, batch, hidden): (usize, usize, usize),
+    ) -> (Vec<T>, Option<Cache>) {
+        let step = batch * hidden;
+        let gate_step = 4 * step;
+        let mut packed = vec![T::zero(); (time + 1) * step];
+        let mut gates = vec![
+            T::zero();
+            if self.save_for_backward {
+                time * gate_step
+            } else {
+                gate_step
+            }
+        ];
+        let mut cells = vec![
+            T::zero();
+            if self.save_for_backward {
+                time * step
+            } else {
+                step
+            }
+        ];
+        let mut c_prev: Vec<T> = state0[step..2 * step].to_vec();
+        let parallelism = parallelism();
+
+        for t in 0..time {
+            let (done, rest) = packed.split_at_mut(t * step);
+            let h_prev: &[T] = if t == 0 {
+                &state0[..step]
+            } else {
+                &done[(t - 1) * step..]
+            };
+            let h_out = &mut rest[..step];
+            let gate_offset = if self.save_for_backward {
+                t * gate_step
+            } else {
+                0
+            };
+            let cell_offset = if self.save_for_backward { t * step } else { 0 };
+            let pre = &mut gates[gate_offset..gate_offset + gate_step];
+            pre.copy_from_slice(&projected[t * gate_step..(t + 1) * gate_step]);
+
+            // pre[b, n] += sum_k h_prev[b, k] * w_hh[n, k]
+            // SAFETY: every pointer covers the matrix its strides describe: `pre` is
+            // [batch, 4 hidden] row-major, `h_prev` [batch, hidden] row-major, and `w_hh`
+            // [4 hidden, hidden] row-major read as its transpose.
+            unsafe {
+                gemm::gemm(
+                    batch,
+                    4 * hidden,
+                    hidden,
+                    pre.as_mut_ptr(),
+                    1,
+                    (4 * hidden) as isize,
+                    true,
+                    h_prev.as_ptr(),
+                    1,
+                    hidden as isize,
+                    w_hh.as_ptr(),
+                    hidden as isize,
+                    1,
+                    T::one(),
+                    T::one(),
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
+            }
+
+            let cell = &mut cells[cell_offset..cell_offset + step];
+            for b in 0..batch {
+                let row = &mut pre[b * 4 * hidden..(b + 1) * 4 * hidden];
+                for j in 0..hidden {
+                    let input_gate = row[j].sigmoid();
+                    let forget_gate = row[hidden + j].sigmoid();
+                    let cell_gate = LstmFloat::tanh(row[2 * hidden + j]);
+                    let output_gate = row[3 * hidden + j].sigmoid();
+                    let c = forget_gate * c_prev[b * hidden + j] + input_gate * cell_gate;
+                    row[j] = input_gate;
+                    row[hidden + j] = forget_gate;
+                    row[2 * hidden + j] = cell_gate;
+                    row[3 * hidden + j] = output_gate;
+                    cell[b * hidden + j] = c;
+                    h_out[b * hidden + j] = output_gate * LstmFloat::tanh(c);
+                }
+            }
+            c_prev.copy_from_slice(cell);
+        }
+        packed[time * step..].copy_from_slice(&c_prev);
+
+        let cache = self.save_for_backward.then(|| Cache {
+            gates: T::wrap(gates),
+            cells: T::wrap(cells),
+        });
+        (packed, cache)
+    }
+
+    /// Backpropagation through time. Returns the gradient of the projected inputs
+    /// `[T, B, 4H]` and of the initial state `[2, B, H]`.
+    #[allow(clippy::too_many_arguments)]
+    fn backward<T: LstmFloat>(
+        gates: &[T],
+        cells: &[T],
+        w_hh: &[T],
+        state0: &[T],
+        grad_packed: &[T],
+        (time, batch, hidden): (usize, usize, usize),
+    ) -> (Vec<T>, Vec<T>) {
+        let step = batch * hidden;
+        let gate_step = 4 * step;
+        let one = T::one();
+        let mut grad_gates = vec![T::zero(); time * gate_step];
+        // The gradient of the final cell state comes from row T of the packed output.
+        let mut dc_next: Vec<T> = grad_packed[time * step..].to_vec();
+        let mut dh_next = vec![T::zero(); step];
+        let parallelism = parallelism();
+
+        for t in (0..time).rev() {
+            let g = &gates[t * gate_step..(t + 1) * gate_step];
+            let c = &cells[t * step..(t + 1) * step];
+            let c_prev = if t == 0 {
+                &state0[step..]
+            } else {
+                &cells[(t - 1) * step..t * step]
+            };
+            let grad_h = &grad_packed[t * step..(t + 1) * step];
+            let dg = &mut grad_gates[t * gate_step..(t + 1) * gate_step];
+            for b in 0..batch {
+                for j in 0..hidden {
+                    let k = b * hidden + j;
+                    let r = b * 4 * hidden;
+                    let input_gate = g[r + j];
+                    let forget_gate = g[r + hidden + j];
+                    let cell_gate = g[r + 2 * hidden + j];
+                    let output_gate = g[r + 3 * hidden + j];
+                    let tanh_c = LstmFloat::tanh(c[k]);
+                    let dh = grad_h[k] + dh_next[k];
+                    let dc = dc_next[k] + dh * output_gate * (one - tanh_c * tanh_c);
+                    dg[r + j] = dc * cell_gate * input_gate * (one - input_gate);
+                    dg[r + hidden + j] = dc * c_prev[k] * forget_gate * (one - forget_gate);
+                    dg[r + 2 * hidden + j] = dc * input_gate * (one - cell_gate * cell_gate);
+                    dg[r + 3 * hidden + j] = dh * tanh_c * output_gate * (one - output_gate);
+                    dc_next[k] = dc * forget_gate;
+                }
+            }
+            // dh_next[b, k] = sum_n dg[b, n] * w_hh[n, k]
+            // SAFETY: `dh_next` is [batch, hidden], `dg` [batch, 4 hidden] and `w_hh`
+            // [4 hidden, hidden], all row-major and fully allocated.
+            unsafe {
+                gemm::gemm(
+                    batch,
+                    hidden,
+                    4 * hidden,
+                    dh_next.as_mut_ptr(),
+                    1,
+                    hidden as isize,
+                    false,
+                    dg.as_ptr(),
+                    1,
+                    (4 * hidden) as isize,
+                    w_hh.as_ptr(),
+                    1,
+                    hidden as isize,
+                    T::zero(),
+                    T::one(),
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
+            }
+        }
+        let mut grad_state0 = dh_next;
+        grad_state0.extend_from_slice(&dc_next);
+        (grad_gates, grad_state0)
+    }
+
+    fn backward_tensors<T: LstmFloat>(
+        &self,
+        cache: &Cache,
+        w_hh: &Tensor,
+        state0: &Tensor,
+        packed: &Tensor,
+        grad_packed: &Tensor,
+        dims: (usize, usize, usize),
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (time, batch, hidden) = dims;
+        let (Some(gates), Some(cells)) = (T::unwrap(&cache.gates), T::unwrap(&cache.cells)) else {
+            bail!(
+                "fused_lstm: the saved gates do not have dtype {:?}",
+                T::DTYPE
+            );
+        };
+        let w_values = w_hh.flatten_all()?.to_vec1::<T>()?;
+        let state_values = state0.flatten_all()?.to_vec1::<T>()?;
+        let grad_values = grad_packed.flatten_all()?.to_vec1::<T>()?;
+        let (grad_gates, grad_state0) =
+            Self::backward(gates, cells, &w_values, &state_values, &grad_values, dims);
+
+        let device = w_hh.device();
+        let grad_projected = Tensor::from_vec(grad_gates, (time, batch, 4 * hidden), device)?;
+        let grad_state0 = Tensor::from_vec(grad_state0, (2, batch, hidden), device)?;
+
+        // dW_hh = sum over steps of dgates_t^T h_{t-1}, as one product over all steps.
+        let h0 = state0.detach().narrow(0, 0, 1)?;
+        let previous = if time > 1 {
+            Tensor::cat(&[&h0, &packed.detach().narrow(0, 0, time - 1)?], 0)?
+        } else {
+            h0
+        };
+        let grad_w = grad_projected
+            .reshape((time * batch, 4 * hidden))?
+            .t()?
+            .matmul(&previous.reshape((time * batch, hidden))?)?;
+        Ok((grad_projected, grad_w, grad_state0))
+    }
+}
+
+impl candle_core::CustomOp3 for FusedLstm {
+    fn name(&self) -> &'static str {
+        "fused-lstm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (time, batch, gate_width) = l1.shape().dims3()?;
+        let hidden = gate_width / 4;
+        let dims = (time, batch, hidden);
+        let (storage, cache) = match s1.dtype() {
+            DType::F32 => {
+                let (packed, cache) = self.forward::<f32>(
+                    contiguous_slice(s1, l1, "projected inputs")?,
+                    contiguous_slice(s2, l2, "W_hh")?,
+                    contiguous_slice(s3, l3, "initial state")?,
+                    dims,
+                );
+                (CpuStorage::F32(packed), cache)
+            }
+            DType::F64 => {
+                let (packed, cache) = self.forward::<f64>(
+                    contiguous_slice(s1, l1, "projected inputs")?,
+                    contiguous_slice(s2, l2, "W_hh")?,
+                    contiguous_slice(s3, l3, "initial state")?,
+                    dims,
+                );
+                (CpuStorage::F64(packed), cache)
+            }
+            dtype => bail!("fused_lstm: dtype {dtype:?} is not supported, use f32 or f64"),
+        };
+        if let Some(cache) = cache {
+            let mut slot = self
+                .cache
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("fused_lstm: cache lock poisoned".into()))?;
+            *slot = Some(Arc::new(cache));
+        }
+        Ok((storage, Shape::from((time + 1, batch, hidden))))
+    }
+
+    fn bwd(
+        &self,
+        projected: &Tensor,
+        w_hh: &Tensor,
+        state0: &Tensor,
+        packed: &Tensor,
+        grad_packed: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let cache = self
+            .cache
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("fused_lstm: cache lock poisoned".into()))?
+            .clone();
+        let Some(cache) = cache else {
+            bail!("fused_lstm: backward called, but the forward pass saved no gates (no input tracked gradients)");
+        };
+        let (time, batch, gate_width) = projected.dims3()?;
+        let dims = (time, batch, gate_width / 4);
+        let (grad_projected, grad_w, grad_state0) = match projected.dtype() {
+            DType::F32 => {
+                self.backward_tensors::<f32>(&cache, w_hh, state0, packed, grad_packed, dims)?
+            }
+            DType::F64 => {
+                self.backward_tensors::<f64>(&cache, w_hh, state0, packed, grad_packed, dims)?
+            }
+            dtype => bail!("fused_lstm: dtype {dtype:?} is not supported, use f32 or f64"),
+        };
+        Ok((Some(grad_projected), Some(grad_w), Some(grad_state0)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+    use candle_core::{Device, Var};
+
+    const TIME: usize = 4;
+    const BATCH: usize = 2;
+    const HIDDEN: usize = 3;
+
+    fn random(rng: &mut Rng, shape: &[usize], bound: f64) -> Vec<f64> {
+        let count: usize = shape.iter().product();
+        (0..count)
+            .map(|_| (rng.next_f64() * 2.0 - 1.0) * bound)
+            .collect()
+    }
+
+    /// Inputs in the order projected, W_hh, h0, c0, with their shapes.
+    fn inputs() -> Vec<(Vec<f64>, Vec<usize>)> {
+        let mut rng = Rng::seed(21);
+        let shapes = [
+            vec![TIME, BATCH, 4 * HIDDEN],
+            vec![4 * HIDDEN, HIDDEN],
+            vec![BATCH, HIDDEN],
+            vec![BATCH, HIDDEN],
+        ];
+        shapes
+            .into_iter()
+            .map(|shape| (random(&mut rng, &shape, 1.0), shape))
+            .collect()
+    }
+
+    /// A scalar that weighs every output differently: sum(outputs * a) + sum(h_last * b)
+    /// + sum(c_last * c), with fixed random weights.
+    fn objective(output: &LstmSequenceOutput) -> Result<Tensor> {
+        let mut rng = Rng::seed(22);
+        let device = Device::Cpu;
+        let weights_out = Tensor::from_vec(
+            random(&mut rng, &[TIME, BATCH, HIDDEN], 1.0),
+            (TIME, BATCH, HIDDEN),
+            &device,
+        )?;
+        let weights_h = Tensor::from_vec(
+            random(&mut rng, &[BATCH, HIDDEN], 1.0),
+            (BATCH, HIDDEN),
+            &device,
+        )?;
+        let weights_c = Tensor::from_vec(
+            random(&mut rng, &[BATCH, HIDDEN], 1.0),
+            (BATCH, HIDDEN),
+            &device,
+        )?;
+        output
+            .outputs
+            .mul(&weights_out)?
+            .sum_all()?
+            .add(&output.h_last.mul(&weights_h)?.sum_all()?)?
+            .add(&output.c_last.mul(&weights_c)?.sum_all()?)
+    }
+
+    fn run(
+        values: &[(Vec<f64>, Vec<usize>)],
+        fused: bool,
+    ) -> Result<(f64, Vec<Vec<f64>>, LstmSequenceOutput)> {
+        let vars: Vec<Var> = values
+            .iter()
+            .map(|(data, shape)| {
+                Var::from_tensor(&Tensor::from_vec(
+                    data.clone(),
+                    shape.as_slice(),
+                    &Device::Cpu,
+                )?)
+            })
+            .collect::<Result<_>>()?;
+        let [projected, w_hh, h0, c0] = [0, 1, 2, 3].map(|i| vars[i].as_tensor());
+        let output = if fused {
+            lstm_sequence(projected, w_hh, h0, c0)?
+        } else {
+            lstm_sequence_autograd(projected, w_hh, h0, c0)?
+        };
+        let loss = objective(&output)?;
+        let grads = loss.backward()?;
+        let mut gradients = Vec::new();
+        for var in &vars {
+            let grad = grads.get(var.as_tensor()).expect("input has no gradient");
+            gradients.push(grad.flatten_all()?.to_vec1::<f64>()?);
+        }
+        Ok((loss.to_scalar::<f64>()?, gradients, output))
+    }
+
+    #[test]
+    fn fused_gradients_match_finite_differences() {
+        let base = inputs();
+        let (_, gradients, _) = run(&base, true).unwrap();
+        let epsilon = 1e-6;
+        let names = ["projected", "W_hh", "h0", "c0"];
+        for (input, name) in names.iter().enumerate() {
+            for (index, &exact) in gradients[input].iter().enumerate() {
+                let mut plus = base.clone();
+                plus[input].0[index] += epsilon;
+                let mut minus = base.clone();
+                minus[input].0[index] -= epsilon;
+                let (loss_plus, _, _) = run(&plus, true).unwrap();
+                let (loss_minus, _, _) = run(&minus, true).unwrap();
+                let numeric = (loss_plus - loss_minus) / (2.0 * epsilon);
+                assert!(
+                    (numeric - exact).abs() < 1e-8,
+                    "{name}[{index}]: finite difference {numeric}, backward {exact}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn fused_matches_autograd_reference() {
+        let base = inputs();
+        let (loss_fused, grads_fused, out_fused) = run(&base, true).unwrap();
+        let (loss_reference, grads_reference, out_reference) = run(&base, false).unwrap();
+        let fused = out_fused
+            .outputs
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let reference = out_reference
+            .outputs
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        for (a, b) in fused.iter().zip(&reference) {
+            assert!((a - b).abs() < 1e-14, "outputs {a} vs {b}");
+        }
+        assert!((loss_fused - loss_reference).abs() < 1e-13);
+        for (fused, reference) in grads_fused.iter().zip(&grads_reference) {
+            for (a, b) in fused.iter().zip(reference) {
+                assert!((a - b).abs() < 1e-13, "gradients {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn single_step_matches_hand_computed_cell() {
+        // One step, one unit, W_hh = 0, zero state: c = sigmoid(i) * tanh(g),
+        // h = sigmoid(o) * tanh(c).
+        let device = Device::Cpu;
+        let projected = Tensor::new(&[[[0.5f32, -1.0, 0.25, 2.0]]], &device).unwrap();
+        let w_hh = Tensor::zeros((4, 1), DType::F32, &device).unwrap();
+        let zero = Tensor::zeros((1, 1), DType::F32, &device).unwrap();
+        let output = lstm_sequence(&projected, &w_hh, &zero, &zero).unwrap();
+        let sigmoid = |x: f32| 1.0 / (1.0 + (-x).exp());
+        let c = sigmoid(0.5) * 0.25f32.tanh();
+        let h = sigmoid(2.0) * c.tanh();
+        let c_last = output
+            .c_last
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()[0];
+        let h_last = output
+            .h_last
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()[0];
+        assert!((c_last - c).abs() < 1e-7, "c {c_last} vs {c}");
+        assert!((h_last - h).abs() < 1e-7, "h {h_last} vs {h}");
+    }
+}

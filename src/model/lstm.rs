@@ -1,0 +1,102 @@
+//! One single-layer LSTM with weight dropout on its hidden-to-hidden matrix.
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+
+use crate::kernels::lstm::{lstm_sequence, LstmSequenceOutput};
+use crate::rng::Rng;
+
+/// The parameters of one LSTM layer, in PyTorch's layout and gate order (input, forget,
+/// cell, output).
+#[derive(Debug, Clone)]
+pub struct LstmLayer {
+    /// Input-to-hidden weight `[4 hidden, input]`.
+    pub weight_ih: Var,
+    /// Raw hidden-to-hidden weight `[4 hidden, hidden]`, before weight dropout. Training
+    /// forwards multiply it by a fresh mask and never change it in place.
+    pub weight_hh: Var,
+    /// Input-to-hidden bias `[4 hidden]`.
+    pub bias_ih: Var,
+    /// Hidden-to-hidden bias `[4 hidden]`.
+    pub bias_hh: Var,
+}
+
+impl LstmLayer {
+    /// Creates a layer with PyTorch's initialisation: every weight and bias uniform in
+    /// `[-1/sqrt(hidden), 1/sqrt(hidden))`.
+    pub fn new(
+        input_size: usize,
+        hidden_size: usize,
+        rng: &mut Rng,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let bound = 1.0 / (hidden_size as f32).sqrt();
+        let mut draw = |shape: &[usize]| -> Result<Var> {
+            let count = shape.iter().product();
+            let tensor = Tensor::from_vec(rng.uniform(count, -bound, bound), shape, device)?;
+            Var::from_tensor(&tensor.to_dtype(dtype)?)
+        };
+        Ok(Self {
+            weight_ih: draw(&[4 * hidden_size, input_size])?,
+            weight_hh: draw(&[4 * hidden_size, hidden_size])?,
+            bias_ih: draw(&[4 * hidden_size])?,
+            bias_hh: draw(&[4 * hidden_size])?,
+        })
+    }
+
+    /// Width of the hidden state.
+    pub fn hidden_size(&self) -> usize {
+        self.weight_hh.dims()[1]
+    }
+
+    /// Width of the input.
+    pub fn input_size(&self) -> usize {
+        self.weight_ih.dims()[1]
+    }
+
+    /// Returns the four parameters in canonical order: `weight_ih`, `weight_hh`,
+    /// `bias_ih`, `bias_hh`.
+    pub fn vars(&self) -> Vec<Var> {
+        vec![
+            self.weight_ih.clone(),
+            self.weight_hh.clone(),
+            self.bias_ih.clone(),
+            self.bias_hh.clone(),
+        ]
+    }
+
+    /// Runs the layer over a time-major `input` `[time, batch, input]` from the state
+    /// `h0`, `c0` (`[batch, hidden]`). With `weight_mask` (`[4 hidden, hidden]`), the
+    /// recurrence uses `weight_hh * weight_mask`, so the gradient reaches the raw weight.
+    /// With `track_gradients` false, the parameters enter detached and the fused kernel
+    /// keeps nothing for a backward pass.
+    pub fn forward(
+        &self,
+        input: &Tensor,
+        h0: &Tensor,
+        c0: &Tensor,
+        weight_mask: Option<&Tensor>,
+        track_gradients: bool,
+    ) -> Result<LstmSequenceOutput> {
+        let param = |var: &Var| {
+            if track_gradients {
+                var.as_tensor().clone()
+            } else {
+                var.as_tensor().detach()
+            }
+        };
+        let (time, batch, features) = input.dims3()?;
+        let gate_width = 4 * self.hidden_size();
+        let bias = param(&self.bias_ih).add(&param(&self.bias_hh))?;
+        let projected = input
+            .reshape((time * batch, features))?
+            .matmul(&param(&self.weight_ih).t()?)?
+            .broadcast_add(&bias)?
+            .reshape((time, batch, gate_width))?;
+        let weight_hh = match weight_mask {
+            Some(mask) => param(&self.weight_hh).mul(mask)?,
+            None => param(&self.weight_hh),
+        };
+        lstm_sequence(&projected, &weight_hh, h0, c0)
+    }
+}

@@ -1,0 +1,66 @@
+//! The AWD-LSTM language model (Merity et al., 2017) as fastai 2.x builds it: embedding
+//! with embedding dropout, stacked single-layer LSTMs with weight dropout and locked
+//! dropout, and a decoder tied to the embedding.
+
+pub mod awd_lstm;
+pub mod config;
+pub mod dropout;
+pub mod lstm;
+
+pub use awd_lstm::{LanguageModel, LmLoss, LmOutput, DEFAULT_AR_ALPHA, DEFAULT_TAR_BETA};
+pub use config::{AwdLstmConfig, DropoutConfig};
+pub use lstm::LstmLayer;
+
+use std::path::PathBuf;
+
+/// Errors of model construction, loading and forward passes.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// The configuration is invalid.
+    #[error("invalid AWD-LSTM config: {0}")]
+    InvalidConfig(String),
+    /// Named parameters do not match the configuration.
+    #[error("parameters do not match the AWD-LSTM config: {}", describe_mismatch(.missing, .unexpected, .wrong_shapes))]
+    ParameterMismatch {
+        /// Canonical names the config needs but the input lacks.
+        missing: Vec<String>,
+        /// Names in the input that the config does not use.
+        unexpected: Vec<String>,
+        /// `name: got [..], expected [..]` for each wrongly shaped tensor.
+        wrong_shapes: Vec<String>,
+    },
+    /// The input batch has the wrong rank, dtype or token ids.
+    #[error("invalid input batch: {0}")]
+    InvalidInput(String),
+    /// Reading or writing a safetensors file failed.
+    #[error("failed to {action} safetensors file {}: {source}", .path.display())]
+    File {
+        /// `read` or `write`.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: candle_core::Error,
+    },
+}
+
+fn describe_mismatch(missing: &[String], unexpected: &[String], wrong_shapes: &[String]) -> String {
+    let mut parts = Vec::new();
+    if !missing.is_empty() {
+        parts.push(format!("missing {}", missing.join(", ")));
+    }
+    if !unexpected.is_empty() {
+        parts.push(format!("unexpected {}", unexpected.join(", ")));
+    }
+    if !wrong_shapes.is_empty() {
+        parts.push(format!("wrong shapes {}", wrong_shapes.join("; ")));
+    }
+    parts.push("check that the config's sizes and tie_weights/output_bias match the file".into());
+    parts.join("; ")
+}
+
+/// Result type of this module.
+pub type Result<T> = std::result::Result<T, ModelError>;
