@@ -10,6 +10,7 @@ pub mod cli;
 pub mod import;
 pub mod kernels;
 pub mod model;
+pub mod pipeline;
 pub mod rng;
 pub mod text;
 pub mod train;
