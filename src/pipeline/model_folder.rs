@@ -98,8 +98,8 @@ pub enum ModelFolderError {
     Model {
         /// The folder.
         dir: PathBuf,
-        /// The model error.
-        source: ModelError,
+        /// The model error, boxed because it is large.
+        source: Box<ModelError>,
     },
 }
 
@@ -143,7 +143,7 @@ pub fn save(
         .save(dir.join(WEIGHTS_FILE))
         .map_err(|source| ModelFolderError::Model {
             dir: dir.to_path_buf(),
-            source,
+            source: Box::new(source),
         })?;
     let config_path = dir.join(CONFIG_FILE);
     let json = serde_json::to_string_pretty(config).map_err(|source| ModelFolderError::Config {
@@ -197,7 +197,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<LoadedModel, ModelFolderError
     let model = LanguageModel::load(config.model.clone(), dir.join(WEIGHTS_FILE), device).map_err(
         |source| ModelFolderError::Model {
             dir: dir.to_path_buf(),
-            source,
+            source: Box::new(source),
         },
     )?;
     Ok(LoadedModel {
