@@ -8,10 +8,7 @@ fn main() -> ExitCode {
     match ulmfit::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error}");
-            for cause in error.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
+            eprintln!("error: {}", ulmfit::cli::describe_error(&error));
             ExitCode::FAILURE
         }
     }

@@ -96,7 +96,7 @@ fn tokenize_jsonl_missing_text_names_line() {
     let output = ulmfit(&["tokenize", "--jsonl", path_str(&input)]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("docs.jsonl, line 2"), "{stderr}");
+    assert!(stderr.contains("docs.jsonl:2:"), "{stderr}");
     assert!(stderr.contains("missing \"text\" field"), "{stderr}");
 }
 
@@ -108,7 +108,7 @@ fn tokenize_invalid_utf8_names_line_and_hint() {
     let output = ulmfit(&["tokenize", path_str(&input)]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("latin.txt, line 2"), "{stderr}");
+    assert!(stderr.contains("latin.txt:2:"), "{stderr}");
     assert!(stderr.contains("--encoding latin1"), "{stderr}");
 
     let lines = stdout_lines(&ulmfit(&[
@@ -224,7 +224,7 @@ fn vocab_build_then_numericalize_folder() {
 }
 
 #[test]
-fn numericalize_rejects_mixed_labels() {
+fn numericalize_mixed_labels() {
     let dir = tempfile::tempdir().expect("temporary folder");
     let corpus = dir.path().join("docs.jsonl");
     std::fs::write(
@@ -246,6 +246,9 @@ fn numericalize_rejects_mixed_labels() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+
+    // Optional labels: some documents lack one, so no labels are stored.
+    let token_file = dir.path().join("out.tok");
     let output = ulmfit(&[
         "numericalize",
         "--vocab",
@@ -253,12 +256,157 @@ fn numericalize_rejects_mixed_labels() {
         "--corpus",
         path_str(&corpus),
         "--out",
-        path_str(&dir.path().join("out.tok")),
+        path_str(&token_file),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let file = TokenFile::open(&token_file, None).expect("token file");
+    assert_eq!(file.n_documents(), 2);
+    assert!(file.classes().is_empty());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("storing no labels"), "{stderr}");
+
+    // Required labels: the unlabelled document is an error that names its line.
+    let output = ulmfit(&[
+        "numericalize",
+        "--vocab",
+        path_str(&vocab_dir),
+        "--corpus",
+        path_str(&corpus),
+        "--out",
+        path_str(&dir.path().join("required.tok")),
+        "--labels",
+        "required",
     ]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("docs.jsonl, line 2"), "{stderr}");
-    assert!(stderr.contains("--labels ignored"), "{stderr}");
+    assert!(stderr.contains("docs.jsonl:2"), "{stderr}");
+}
+
+#[test]
+fn numericalize_refuses_to_overwrite_input() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let corpus = dir.path().join("corpus.txt");
+    std::fs::write(&corpus, "some text\nmore text\n").expect("write corpus");
+    let vocab_dir = dir.path().join("vocab");
+    let output = ulmfit(&[
+        "vocab",
+        "build",
+        "--corpus",
+        path_str(&corpus),
+        "--out",
+        path_str(&vocab_dir),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = ulmfit(&[
+        "numericalize",
+        "--vocab",
+        path_str(&vocab_dir),
+        "--corpus",
+        path_str(&corpus),
+        "--out",
+        path_str(&corpus),
+    ]);
+    assert!(!output.status.success());
+    assert_eq!(
+        std::fs::read_to_string(&corpus).expect("corpus still readable"),
+        "some text\nmore text\n"
+    );
+}
+
+#[test]
+fn empty_corpus_is_an_error() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let corpus = dir.path().join("empty.txt");
+    std::fs::write(&corpus, "\n  \n").expect("write corpus");
+    let output = ulmfit(&[
+        "vocab",
+        "build",
+        "--corpus",
+        path_str(&corpus),
+        "--out",
+        path_str(&dir.path().join("vocab")),
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no documents found in"), "{stderr}");
+    assert!(stderr.contains("empty.txt"), "{stderr}");
+}
+
+#[test]
+fn tokenize_jsonl_skips_blank_lines_and_bom() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let input = dir.path().join("docs.jsonl");
+    std::fs::write(&input, "\u{feff}{\"text\": \"Hi\"}\n\n{\"text\": \"yo\"}\n").expect("write");
+    let lines = stdout_lines(&ulmfit(&["tokenize", "--jsonl", path_str(&input)]));
+    assert_eq!(
+        lines,
+        vec![
+            serde_json::json!({ "tokens": ["xxbos", "xxmaj", "hi"] }),
+            serde_json::json!({ "tokens": ["xxbos", "yo"] }),
+        ]
+    );
+}
+
+#[test]
+fn tokenize_reads_stdin_dash() {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ulmfit"))
+        .args(["tokenize", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        stdin
+            .write_all(b"\xef\xbb\xbfHello\n")
+            .expect("write stdin");
+    }
+    let output = child.wait_with_output().expect("the binary runs");
+    assert_eq!(
+        stdout_lines(&output),
+        vec![serde_json::json!({ "tokens": ["xxbos", "xxmaj", "hello"] })]
+    );
+}
+
+#[test]
+fn tokenize_archive_is_an_error() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let input = dir.path().join("reviews.tar.gz");
+    std::fs::write(&input, b"\x1f\x8b not really").expect("write");
+    let output = ulmfit(&["tokenize", path_str(&input)]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("reviews.tar.gz"), "{stderr}");
+    assert!(!stderr.contains("--encoding"), "{stderr}");
+}
+
+#[test]
+fn max_vocab_below_specials_is_an_error() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let corpus = dir.path().join("corpus.txt");
+    std::fs::write(&corpus, "some text\n").expect("write corpus");
+    let output = ulmfit(&[
+        "vocab",
+        "build",
+        "--corpus",
+        path_str(&corpus),
+        "--out",
+        path_str(&dir.path().join("vocab")),
+        "--max-vocab",
+        "5",
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--max-vocab 5"), "{stderr}");
 }
 
 #[test]

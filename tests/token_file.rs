@@ -326,3 +326,26 @@ fn empty_corpus_round_trip() {
     assert!(file.tokens().is_empty());
     assert!(file.lengths().is_empty());
 }
+
+#[test]
+fn corrupted_id_rejected_on_open() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let path = dir.path().join("corpus.tok");
+    let hash = "a".repeat(64);
+    let mut writer = TokenFileWriter::create(&path, 50, &hash, None).expect("create");
+    writer.push_document(&[2, 10, 49], None).expect("push");
+    writer.finish().expect("finish");
+
+    // The ids start right after the fixed header; overwrite the second id with 0xffff.
+    let mut bytes = std::fs::read(&path).expect("read back");
+    let second_id = HEADER_LEN + 2;
+    bytes[second_id..second_id + 2].copy_from_slice(&0xffffu16.to_le_bytes());
+    std::fs::write(&path, &bytes).expect("write corrupted");
+
+    let error = TokenFile::open(&path, None)
+        .err()
+        .expect("an out-of-range id is rejected")
+        .to_string();
+    assert!(error.contains("id 65535"), "{error}");
+    assert!(error.contains("corpus.tok"), "{error}");
+}

@@ -12,12 +12,14 @@ use crate::text::readers::{self, Document, ReadOptions};
 pub const CHUNK_DOCUMENTS: usize = 4096;
 
 /// Reads every document of `paths` in order and hands them to `each_chunk` in chunks of
-/// [`CHUNK_DOCUMENTS`]. Returns the number of documents read. Empty texts are skipped
-/// with one warning per file that counts them.
+/// [`CHUNK_DOCUMENTS`]. Returns the number of documents read, and fails when there are
+/// none. Empty texts are skipped, with one warning per file that counts them when
+/// `warn_empty` is set.
 pub fn for_each_chunk(
     paths: &[PathBuf],
     options: &ReadOptions,
     progress: &ProgressBar,
+    warn_empty: bool,
     mut each_chunk: impl FnMut(Vec<Document>) -> anyhow::Result<()>,
 ) -> anyhow::Result<u64> {
     let mut total = 0u64;
@@ -42,14 +44,40 @@ pub fn for_each_chunk(
             each_chunk(chunk)?;
         }
         let skipped = reader.skipped_empty();
-        if skipped > 0 {
+        if skipped > 0 && warn_empty {
             tracing::warn!(
                 "skipped {skipped} empty or whitespace-only texts in {}",
                 path.display()
             );
         }
     }
+    if total == 0 {
+        anyhow::bail!(
+            "no documents found in {}",
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     Ok(total)
+}
+
+/// Fails when `out` is one of the input `paths`, which writing would destroy.
+pub fn check_output_is_not_input(out: &std::path::Path, paths: &[PathBuf]) -> anyhow::Result<()> {
+    let Ok(out) = out.canonicalize() else {
+        return Ok(());
+    };
+    for path in paths {
+        if path.canonicalize().is_ok_and(|input| input == out) {
+            anyhow::bail!(
+                "output {} is also an input corpus; choose another --out",
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Returns a spinner on stderr that counts documents, hidden with `--quiet`.

@@ -43,7 +43,8 @@ pub struct DataArgs {
     #[arg(long = "text-column", value_name = "NAME")]
     pub text_columns: Vec<String>,
 
-    /// CSV column with the label. Default `label`. With `--no-header`, a column number.
+    /// CSV column with the label. Default `label`. With `--no-header`, a 0-based column
+    /// number.
     #[arg(long, value_name = "NAME")]
     pub label_column: Option<String>,
 
@@ -71,7 +72,10 @@ impl DataArgs {
             encoding: self.encoding.get(),
             no_header: self.no_header,
             documents: self.documents,
-            classes: self.classes.clone(),
+            classes: self
+                .classes
+                .as_ref()
+                .map(|classes| classes.iter().map(|c| c.trim().to_string()).collect()),
             labels,
             ..ReadOptions::default()
         };
@@ -115,7 +119,7 @@ pub fn decode_line<'a>(
         Encoding::Utf8 => match std::str::from_utf8(raw) {
             Ok(text) => Ok(Cow::Borrowed(text)),
             Err(error) => anyhow::bail!(
-                "{name}, line {line}: invalid UTF-8 at byte {} of the line; \
+                "{name}:{line}: invalid UTF-8 at byte {} of the line; \
                  if the file is Latin-1, pass --encoding latin1",
                 error.valid_up_to() + 1
             ),

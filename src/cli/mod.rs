@@ -8,6 +8,8 @@ mod numericalize;
 mod tokenize;
 mod vocab;
 
+use std::io::IsTerminal;
+
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -18,17 +20,18 @@ pub use data::DataArgs;
 #[derive(Debug, Parser)]
 #[command(name = "ulmfit", version, about, max_term_width = 100)]
 pub struct Cli {
-    /// More log output on stderr (-v info, -vv debug, -vvv trace). `RUST_LOG` overrides it.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    /// More log output on stderr (-v debug, -vv trace). `RUST_LOG` overrides it.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "quiet")]
     pub verbose: u8,
 
-    /// Print only errors on stderr, and no progress bars.
+    /// Print only errors on stderr: no summaries, warnings or progress bars.
     #[arg(short, long, global = true)]
     pub quiet: bool,
 
-    /// Worker threads for parallel work; 0 uses one per CPU core.
-    #[arg(long, global = true, default_value_t = 0, value_name = "N")]
-    pub threads: usize,
+    /// Worker threads for parallel work, at most 1024; 0 uses one per CPU core.
+    #[arg(long, global = true, default_value_t = 0, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub threads: u16,
 
     #[command(subcommand)]
     pub command: Command,
@@ -46,29 +49,47 @@ pub enum Command {
     Numericalize(numericalize::NumericalizeArgs),
 }
 
-/// Sets up `tracing` on stderr: warnings by default, more with `-v`, errors only with
-/// `--quiet`; the `RUST_LOG` environment variable takes precedence.
+/// Sets up `tracing` on stderr: summaries and warnings by default, more with `-v`,
+/// errors only with `--quiet`; the `RUST_LOG` environment variable takes precedence.
+/// Colours are used only when stderr is a terminal.
 pub fn init_logging(verbose: u8, quiet: bool) {
     let level = match (quiet, verbose) {
         (true, _) => "error",
-        (false, 0) => "warn",
-        (false, 1) => "info",
-        (false, 2) => "debug",
+        (false, 0) => "info",
+        (false, 1) => "debug",
         (false, _) => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
+        .without_time()
         .init();
+}
+
+/// Formats an error and its causes on one line each, leaving out a cause whose text the
+/// message before it already contains (typed errors often embed their source).
+pub fn describe_error(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    let mut previous = text.clone();
+    for cause in error.chain().skip(1) {
+        let message = cause.to_string();
+        if !previous.contains(&message) {
+            text.push_str("\n  caused by: ");
+            text.push_str(&message);
+        }
+        previous = message;
+    }
+    text
 }
 
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.threads > 0 {
         rayon::ThreadPoolBuilder::new()
-            .num_threads(cli.threads)
+            .num_threads(usize::from(cli.threads))
             .build_global()
             .map_err(|e| anyhow::anyhow!("failed to start {} worker threads: {e}", cli.threads))?;
     }
@@ -77,5 +98,33 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tokenize(args) => tokenize::run(args),
         Command::Vocab(command) => vocab::run(command, progress),
         Command::Numericalize(args) => numericalize::run(args, progress),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_error_drops_repeated_causes() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let error = anyhow::Error::new(io).context("failed to read a.txt: no such file");
+        assert_eq!(describe_error(&error), "failed to read a.txt: no such file");
+    }
+
+    #[test]
+    fn describe_error_keeps_new_causes() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let error = anyhow::Error::new(io).context("failed to read a.txt");
+        assert_eq!(
+            describe_error(&error),
+            "failed to read a.txt\n  caused by: no such file"
+        );
+    }
+
+    #[test]
+    fn threads_above_limit_rejected() {
+        let parsed = Cli::try_parse_from(["ulmfit", "--threads", "2000", "tokenize"]);
+        assert!(parsed.is_err());
     }
 }

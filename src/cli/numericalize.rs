@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use rayon::prelude::*;
 
-use super::corpus::{document_spinner, for_each_chunk};
+use super::corpus::{check_output_is_not_input, document_spinner, for_each_chunk};
 use super::data::DataArgs;
 use crate::text::readers::{Document, LabelRequirement};
 use crate::text::rules::RuleSet;
@@ -33,8 +33,9 @@ pub struct NumericalizeArgs {
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
 
-    /// Whether documents must carry labels (`required`), are stored with their labels
-    /// when every document has one (`optional`), or are stored without (`ignored`).
+    /// Labels: `required` fails on a document without one; `optional` stores labels when
+    /// every document has one and none otherwise (for example when `unsup/` is read);
+    /// `ignored` stores none.
     #[arg(long, value_enum, default_value = "optional", value_name = "MODE")]
     pub labels: LabelRequirement,
 
@@ -62,6 +63,7 @@ pub fn load_tokenizer(dir: &Path) -> anyhow::Result<(Tokenizer, Vocab)> {
 
 /// Runs `ulmfit numericalize`.
 pub fn run(args: NumericalizeArgs, progress: bool) -> anyhow::Result<()> {
+    check_output_is_not_input(&args.out, &args.corpus)?;
     let (tokenizer, vocab) = load_tokenizer(&args.vocab)?;
     let options = args.data.read_options(args.labels);
     let classes = match args.labels {
@@ -80,7 +82,7 @@ pub fn run(args: NumericalizeArgs, progress: bool) -> anyhow::Result<()> {
     )
     .with_context(|| format!("failed to create token file {}", args.out.display()))?;
     let spinner = document_spinner("numericalizing", progress);
-    for_each_chunk(&args.corpus, &options, &spinner, |documents| {
+    for_each_chunk(&args.corpus, &options, &spinner, true, |documents| {
         let encoded = encode_documents(&tokenizer, &vocab, classes.as_deref(), &documents)?;
         for (ids, label) in encoded {
             writer.push_document(&ids, label)?;
@@ -92,7 +94,7 @@ pub fn run(args: NumericalizeArgs, progress: bool) -> anyhow::Result<()> {
     let path = writer
         .finish()
         .with_context(|| format!("failed to write token file {}", args.out.display()))?;
-    eprintln!(
+    tracing::info!(
         "wrote {documents} documents, {tokens} tokens{} to {}",
         classes
             .map(|c| format!(", {} classes", c.len()))
@@ -103,8 +105,7 @@ pub fn run(args: NumericalizeArgs, progress: bool) -> anyhow::Result<()> {
 }
 
 /// Reads the labels of the corpus: returns the sorted class names when every document
-/// has a label, `None` when none has, and an error naming the first unlabelled document
-/// otherwise.
+/// has a label, and `None` when none has or, with optional labels, when some lack one.
 fn collect_classes(
     args: &NumericalizeArgs,
     options: &crate::text::readers::ReadOptions,
@@ -114,7 +115,7 @@ fn collect_classes(
     let mut unlabelled: Option<(PathBuf, u64)> = None;
     let mut labelled = 0u64;
     let spinner = document_spinner("reading labels", progress);
-    for_each_chunk(&args.corpus, options, &spinner, |documents| {
+    for_each_chunk(&args.corpus, options, &spinner, false, |documents| {
         for document in documents {
             match document.label {
                 Some(label) => {
@@ -133,11 +134,15 @@ fn collect_classes(
     match (labelled, unlabelled) {
         (0, _) => Ok(None),
         (_, None) => Ok(Some(classes.into_iter().collect())),
-        (_, Some((path, line))) => bail!(
-            "{}, line {line}: document has no label while others have; \
-             pass --labels ignored to store no labels",
-            path.display()
-        ),
+        (_, Some((path, line))) if args.labels == LabelRequirement::Optional => {
+            tracing::warn!(
+                "storing no labels: {}:{line} and other documents have none \
+                 (pass --labels required to make this an error)",
+                path.display()
+            );
+            Ok(None)
+        }
+        (_, Some((path, line))) => bail!("{}:{line}: document has no label", path.display()),
     }
 }
 
@@ -156,7 +161,7 @@ fn encode_documents(
                 .for_each_token(&document.text, scratch, |token| ids.push(vocab.id(token)))
                 .with_context(|| {
                     format!(
-                        "failed to tokenize {}, line {}",
+                        "failed to tokenize {}:{}",
                         document.origin.path.display(),
                         document.origin.line
                     )

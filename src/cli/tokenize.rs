@@ -10,6 +10,8 @@ use rayon::prelude::*;
 
 use super::data::{decode_line, progress_bar, EncodingArg, InputName};
 use super::json::TokensLine;
+use crate::text::encoding::UTF8_BOM;
+use crate::text::readers;
 use crate::text::rules::RuleSet;
 use crate::text::subword::SubwordModel;
 use crate::text::tokenizer::{Scratch, Tokenizer};
@@ -20,11 +22,11 @@ const CHUNK_DOCUMENTS: usize = 4096;
 /// Arguments of `ulmfit tokenize`.
 #[derive(Debug, Args)]
 pub struct TokenizeArgs {
-    /// Input file with one document per line; standard input when absent.
+    /// Input file with one document per line; standard input when absent or `-`.
     pub file: Option<PathBuf>,
 
     /// Read one JSON object per line and tokenize its `text` field (other fields are
-    /// ignored).
+    /// ignored). Blank lines are skipped and produce no output line.
     #[arg(long)]
     pub jsonl: bool,
 
@@ -54,8 +56,10 @@ pub fn run(args: TokenizeArgs) -> anyhow::Result<()> {
         ),
         None => Tokenizer::word(rules),
     };
-    let (input, name, size): (Box<dyn Read + Send>, InputName, Option<u64>) = match &args.file {
+    let file = args.file.as_ref().filter(|path| path.as_os_str() != "-");
+    let (input, name, size): (Box<dyn Read + Send>, InputName, Option<u64>) = match file {
         Some(path) => {
+            readers::detect_format(path)?;
             let file = File::open(path)
                 .with_context(|| format!("failed to open input file {}", path.display()))?;
             let size = file.metadata().ok().map(|m| m.len());
@@ -70,6 +74,11 @@ pub fn run(args: TokenizeArgs) -> anyhow::Result<()> {
 
     let mut first_line = 1u64;
     let mut chunk = read_chunk(&mut reader, &name)?;
+    if let Some(first) = chunk.first_mut() {
+        if first.starts_with(UTF8_BOM) {
+            first.drain(..UTF8_BOM.len());
+        }
+    }
     while !chunk.is_empty() {
         let lines = std::mem::take(&mut chunk);
         let bytes: u64 = lines.iter().map(|l| l.len() as u64 + 1).sum();
@@ -77,17 +86,30 @@ pub fn run(args: TokenizeArgs) -> anyhow::Result<()> {
             || encode_chunk(&tokenizer, &lines, first_line, &args, &name),
             || read_chunk(&mut reader, &name),
         );
-        for line in encoded? {
-            out.write_all(&line)
-                .context("failed to write to standard output")?;
+        for line in encoded?.iter().flatten() {
+            if let Err(error) = out.write_all(line) {
+                return stdout_result(error);
+            }
         }
         first_line += lines.len() as u64;
         bar.inc(bytes);
         chunk = next?;
     }
-    out.flush().context("failed to write to standard output")?;
+    if let Err(error) = out.flush() {
+        return stdout_result(error);
+    }
     bar.finish_and_clear();
     Ok(())
+}
+
+/// Treats a closed standard output (`ulmfit tokenize | head`) as the end of the run,
+/// and any other write failure as an error.
+fn stdout_result(error: io::Error) -> anyhow::Result<()> {
+    if error.kind() == io::ErrorKind::BrokenPipe {
+        Ok(())
+    } else {
+        Err(anyhow::Error::new(error).context("failed to write to standard output"))
+    }
 }
 
 /// Reads up to [`CHUNK_DOCUMENTS`] lines, without their `\n` (and `\r\n`) endings.
@@ -112,14 +134,15 @@ fn read_chunk(reader: &mut impl BufRead, name: &InputName) -> anyhow::Result<Vec
     Ok(lines)
 }
 
-/// Tokenizes one chunk in parallel and returns one JSON line per input line, in order.
+/// Tokenizes one chunk in parallel and returns one JSON line per document, in order:
+/// `None` for a blank line of JSON lines input, which is not a document.
 fn encode_chunk(
     tokenizer: &Tokenizer,
     lines: &[Vec<u8>],
     first_line: u64,
     args: &TokenizeArgs,
     name: &InputName,
-) -> anyhow::Result<Vec<Vec<u8>>> {
+) -> anyhow::Result<Vec<Option<Vec<u8>>>> {
     lines
         .par_iter()
         .enumerate()
@@ -127,6 +150,9 @@ fn encode_chunk(
             let line_number = first_line + index as u64;
             let decoded = decode_line(raw, args.encoding.get(), name, line_number)?;
             let text = if args.jsonl {
+                if decoded.trim().is_empty() {
+                    return Ok(None);
+                }
                 jsonl_text(&decoded, name, line_number)?
             } else {
                 decoded.into_owned()
@@ -134,8 +160,8 @@ fn encode_chunk(
             let mut line = TokensLine::start(Vec::with_capacity(text.len() * 2 + 16));
             tokenizer
                 .for_each_token(&text, scratch, |token| line.push(token))
-                .with_context(|| format!("failed to tokenize {name}, line {line_number}"))?;
-            Ok(line.finish())
+                .with_context(|| format!("failed to tokenize {name}:{line_number}"))?;
+            Ok(Some(line.finish()))
         })
         .collect()
 }
@@ -143,12 +169,12 @@ fn encode_chunk(
 /// Returns the `text` field of one JSON line.
 fn jsonl_text(line: &str, name: &InputName, line_number: u64) -> anyhow::Result<String> {
     let value: serde_json::Value = serde_json::from_str(line)
-        .with_context(|| format!("{name}, line {line_number}: invalid JSON"))?;
+        .with_context(|| format!("{name}:{line_number}: invalid JSON"))?;
     match value.get("text") {
         Some(serde_json::Value::String(text)) => Ok(text.clone()),
         Some(other) => {
-            bail!("{name}, line {line_number}: the \"text\" field must be a string, found {other}")
+            bail!("{name}:{line_number}: the \"text\" field must be a string, found {other}")
         }
-        None => bail!("{name}, line {line_number}: missing \"text\" field"),
+        None => bail!("{name}:{line_number}: missing \"text\" field"),
     }
 }

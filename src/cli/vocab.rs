@@ -91,7 +91,7 @@ fn build(args: VocabBuildArgs, progress: bool) -> anyhow::Result<()> {
                 );
             }
             let mut texts = Vec::new();
-            for_each_chunk(&args.corpus, &options, &spinner, |documents| {
+            for_each_chunk(&args.corpus, &options, &spinner, true, |documents| {
                 texts.par_extend(documents.par_iter().map(|d| rules.apply(&d.text)));
                 Ok(())
             })?;
@@ -106,7 +106,7 @@ fn build(args: VocabBuildArgs, progress: bool) -> anyhow::Result<()> {
             model.save(&args.out, &rules.name).with_context(|| {
                 format!("failed to save the subword model in {}", args.out.display())
             })?;
-            eprintln!(
+            tracing::info!(
                 "saved a {} vocabulary of {} pieces in {}",
                 model.kind().vocab_kind(),
                 model.vocab().len(),
@@ -114,13 +114,20 @@ fn build(args: VocabBuildArgs, progress: bool) -> anyhow::Result<()> {
             );
         }
         None => {
+            if args.max_vocab <= SPECIAL_TOKENS.len() {
+                bail!(
+                    "--max-vocab {} leaves no room for words beside the {} special tokens",
+                    args.max_vocab,
+                    SPECIAL_TOKENS.len()
+                );
+            }
             if args.vocab_size.is_some() {
                 bail!("--vocab-size applies to subword vocabularies: add --subword unigram|bpe, or use --max-vocab");
             }
             let tokenizer = Tokenizer::word(rules);
             let mut counter = TokenCounter::new();
             let mut tokens = 0u64;
-            let documents = for_each_chunk(&args.corpus, &options, &spinner, |documents| {
+            let documents = for_each_chunk(&args.corpus, &options, &spinner, true, |documents| {
                 let (chunk_counter, chunk_tokens) = count_tokens(&tokenizer, &documents)?;
                 counter.merge(chunk_counter);
                 tokens += chunk_tokens;
@@ -133,7 +140,7 @@ fn build(args: VocabBuildArgs, progress: bool) -> anyhow::Result<()> {
                 .with_context(|| {
                     format!("failed to save the vocabulary in {}", args.out.display())
                 })?;
-            eprintln!(
+            tracing::info!(
                 "{documents} documents, {tokens} tokens, {} distinct; saved {} tokens in {}",
                 counter.len(),
                 vocab.len(),

@@ -659,6 +659,19 @@ impl TokenFile {
                 self.n_tokens
             )));
         }
+        // One pass over the ids (about 0.1 s per 100 million on one core) so that a
+        // corrupted file fails here, not later as an out-of-range embedding lookup.
+        let vocab_size = self.vocab_size;
+        if let Some((position, id)) = self
+            .tokens()
+            .iter()
+            .enumerate()
+            .find(|&(_, id)| u64::from(id) >= vocab_size)
+        {
+            return Err(invalid(format!(
+                "token {position} has id {id}, out of range for a vocabulary of {vocab_size}"
+            )));
+        }
         if self.labels_start.is_some() {
             for i in 0..self.n_documents {
                 let label = self.read_label(i);
