@@ -40,7 +40,7 @@ pub const STAGE: &str = "pretrain";
 
 /// Added to the run seed for the weight initialisation, so it does not share a stream
 /// with the dropout masks.
-const INIT_SEED_OFFSET: u64 = 0x5eed_0f_1a17;
+const INIT_SEED_OFFSET: u64 = 0x005e_ed0f_1a17;
 
 /// Data and model settings of a pretraining run, stored in [`SPEC_FILE`] so that a
 /// resumed run uses the same ones.
