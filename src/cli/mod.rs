@@ -5,6 +5,7 @@ mod corpus;
 mod data;
 mod json;
 mod numericalize;
+mod pretrain;
 mod tokenize;
 mod vocab;
 
@@ -47,6 +48,10 @@ pub enum Command {
     Vocab(vocab::VocabCommand),
     /// Tokenize a corpus and write its token ids to a memory-mappable token file.
     Numericalize(numericalize::NumericalizeArgs),
+    /// Train an AWD-LSTM language model from scratch and write a model folder.
+    Pretrain(pretrain::PretrainArgs),
+    /// Sweep learning rates for a language model and print the suggested rate.
+    LrFind(pretrain::LrFindArgs),
 }
 
 /// Sets up `tracing` on stderr: summaries and warnings by default, more with `-v`,
@@ -98,6 +103,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tokenize(args) => tokenize::run(args),
         Command::Vocab(command) => vocab::run(command, progress),
         Command::Numericalize(args) => numericalize::run(args, progress),
+        Command::Pretrain(args) => pretrain::run_pretrain(args, progress),
+        Command::LrFind(args) => pretrain::run_lr_find(args, progress),
     }
 }
 

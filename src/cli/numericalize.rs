@@ -147,7 +147,7 @@ fn collect_classes(
 }
 
 /// Tokenizes and numericalizes `documents` in parallel, in order.
-fn encode_documents(
+pub(crate) fn encode_documents(
     tokenizer: &Tokenizer,
     vocab: &Vocab,
     classes: Option<&[String]>,

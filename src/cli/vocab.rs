@@ -152,7 +152,7 @@ fn build(args: VocabBuildArgs, progress: bool) -> anyhow::Result<()> {
 }
 
 /// Tokenizes `documents` in parallel and returns their token counts and token total.
-fn count_tokens(
+pub(crate) fn count_tokens(
     tokenizer: &Tokenizer,
     documents: &[crate::text::readers::Document],
 ) -> anyhow::Result<(TokenCounter, u64)> {

@@ -1,4 +1,6 @@
 //! The ULMFiT stages built from the text pipeline, the model and the trainer, and the
 //! model folders they exchange.
 
+pub mod lm_task;
 pub mod model_folder;
+pub mod pretrain;
