@@ -302,7 +302,7 @@ pub fn run_lr_find(args: LrFindArgs, progress: bool) -> anyhow::Result<()> {
     let result = pretrain::find_lr(&mut task, &finder, &settings)?;
     if let Some(plot) = &args.plot {
         result.plot_svg(plot)?;
-        eprintln!("wrote {}", plot.display());
+        tracing::info!("wrote {}", plot.display());
     }
     let suggestion = result.valley();
     println!(
@@ -315,8 +315,8 @@ pub fn run_lr_find(args: LrFindArgs, progress: bool) -> anyhow::Result<()> {
         })
     );
     match suggestion {
-        Some(lr) => eprintln!("suggested learning rate (valley): {lr:.3e}"),
-        None => eprintln!("no suggestion: the sweep stopped before the loss had a valley; lower --start-lr or raise --iterations"),
+        Some(lr) => tracing::info!("suggested learning rate (valley): {lr:.3e}"),
+        None => tracing::warn!("no suggestion: the sweep stopped before the loss had a valley; lower --start-lr or raise --iterations"),
     }
     Ok(())
 }
@@ -395,7 +395,7 @@ fn build_vocab(lm: &LmArgs, dir: &Path, progress: bool) -> anyhow::Result<()> {
     let options = lm.data.read_options(LabelRequirement::Ignored);
     let spinner = document_spinner("counting tokens", progress);
     let mut counter = TokenCounter::new();
-    for_each_chunk(&lm.corpus, &options, &spinner, |documents| {
+    for_each_chunk(&lm.corpus, &options, &spinner, true, |documents| {
         let (chunk_counter, _) = count_tokens(&tokenizer, &documents)?;
         counter.merge(chunk_counter);
         Ok(())
@@ -405,7 +405,7 @@ fn build_vocab(lm: &LmArgs, dir: &Path, progress: bool) -> anyhow::Result<()> {
     vocab
         .save(dir, &tokenizer.rules().name, VocabKind::Word)
         .with_context(|| format!("failed to save the vocabulary in {}", dir.display()))?;
-    eprintln!(
+    tracing::info!(
         "built a vocabulary of {} tokens from {} distinct ones",
         vocab.len(),
         counter.len()
@@ -469,7 +469,7 @@ fn ensure_token_file(
     let mut writer = TokenFileWriter::create(out, prepared.vocab.len() as u64, &vocab_hash, None)
         .with_context(|| format!("failed to create token file {}", out.display()))?;
     let spinner = document_spinner("numericalizing", progress);
-    for_each_chunk(paths, options, &spinner, |documents| {
+    for_each_chunk(paths, options, &spinner, true, |documents| {
         let encoded = encode_documents(&prepared.tokenizer, &prepared.vocab, None, &documents)?;
         for (ids, _) in encoded {
             writer.push_document(&ids, None)?;
@@ -483,7 +483,7 @@ fn ensure_token_file(
         .with_context(|| format!("failed to write token file {}", out.display()))?;
     fs::write(&record, serde_json::to_string_pretty(&sources)? + "\n")
         .with_context(|| format!("failed to write {}", record.display()))?;
-    eprintln!(
+    tracing::info!(
         "wrote {documents} documents, {tokens} tokens to {}",
         out.display()
     );
