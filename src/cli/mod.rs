@@ -3,8 +3,11 @@
 
 mod corpus;
 mod data;
+mod generate;
+mod import;
 mod json;
 mod numericalize;
+mod perplexity;
 mod tokenize;
 mod vocab;
 
@@ -44,6 +47,12 @@ pub enum Command {
     Vocab(vocab::VocabCommand),
     /// Tokenize a corpus and write its token ids to a memory-mappable token file.
     Numericalize(numericalize::NumericalizeArgs),
+    /// Convert fastai AWD-LSTM weights and their itos.pkl into a model folder.
+    ImportFastai(import::ImportArgs),
+    /// Report a language model's loss, perplexity and next-token accuracy on a corpus.
+    Perplexity(perplexity::PerplexityArgs),
+    /// Continue a prompt with a language model and print the text.
+    Generate(generate::GenerateArgs),
 }
 
 /// Sets up `tracing` on stderr: warnings by default, more with `-v`, errors only with
@@ -77,5 +86,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tokenize(args) => tokenize::run(args),
         Command::Vocab(command) => vocab::run(command, progress),
         Command::Numericalize(args) => numericalize::run(args, progress),
+        Command::ImportFastai(args) => import::run(args),
+        Command::Perplexity(args) => perplexity::run(args, progress),
+        Command::Generate(args) => generate::run(args),
     }
 }

@@ -1,4 +1,8 @@
 //! The ULMFiT stages built from the text pipeline, the model and the trainer, and the
 //! model folders they exchange.
 
+pub mod evaluate;
+pub mod fastai_import;
+pub mod generate;
 pub mod model_folder;
+pub mod remap;
