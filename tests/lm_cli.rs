@@ -277,11 +277,11 @@ fn greedy_tokens(prompt: &str, count: usize) -> Vec<String> {
         .collect()
 }
 
-// The expected tokens and texts below come from fastai 2.8.12 and PyTorch 2.15: the
-// fixture loaded into `get_language_model(AWD_LSTM, 40, config=awd_lstm_lm_config with
-// emb_sz=8, n_hid=12)` in eval mode, the prompt tokenized with fastai's default rules,
-// then 12 steps of argmax over the softmax with `xxunk` zeroed, and the text from
-// `decode_spec_tokens`. The randomly drawn fixture weights favour "and" strongly.
+// The expected tokens and texts below come from fastai 2.8.12 and PyTorch 2.15. The
+// fixture was loaded into `get_language_model(AWD_LSTM, 40, config=awd_lstm_lm_config
+// with emb_sz=8, n_hid=12)` in eval mode and the prompt tokenized with fastai's default
+// rules. Then 12 steps took the argmax of the softmax with `xxunk` zeroed, and
+// `decode_spec_tokens` made the text. The random fixture weights strongly favour "and".
 
 #[test]
 fn greedy_tokens_match_fastai() {

@@ -45,7 +45,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         (None, FastaiLayout::Fastai1) => "fastai1",
         (None, _) => "fastai2",
     };
-    let rules = RuleSet::by_name(rules_name).context("invalid --rules")?;
+    let rules = RuleSet::by_name(rules_name).context("invalid --rules value")?;
     if imported.had_optimizer {
         tracing::info!(
             "{} also contains optimizer state, which is not imported",

@@ -49,8 +49,8 @@ pub struct Perplexity {
 ///
 /// The stream is cut into `batch_size` contiguous rows, and each row is read in windows
 /// of `bptt` tokens, with the hidden state carried from one window to the next. Every
-/// token of a row but the first is predicted once; the tail of up to `batch_size - 1`
-/// tokens that does not fill a column is dropped, as in fastai. Dropout is off.
+/// token of a row but the first is predicted once. As in fastai, the tail of up to
+/// `batch_size - 1` tokens that does not fill a column is dropped. Dropout is off.
 /// `on_window` is called after each window with `(done, total)`.
 pub fn evaluate_language_model(
     model: &mut LanguageModel,

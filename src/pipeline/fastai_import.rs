@@ -1,8 +1,8 @@
 //! Conversion of a fastai AWD-LSTM `.pth` file and its `itos.pkl` into a
 //! [`LanguageModel`] and [`Vocab`] that a model folder can store.
 //!
-//! fastai 2.x pads its vocabulary with `xxfake` tokens up to a multiple of 8. Those
-//! fillers are dropped from the vocabulary, and the embedding rows, untied decoder rows
+//! fastai 2.8's `make_vocab` appends 1 to 8 `xxfake` tokens so that the vocabulary size
+//! is a multiple of 8. Those fillers are dropped from the vocabulary, and the embedding rows, untied decoder rows
 //! and decoder bias entries that belong to them are dropped too, so the model and its
 //! vocabulary always have the same size. A filler can never be the next token of real
 //! text, so dropping its logit leaves the softmax over real tokens unchanged except for
@@ -142,12 +142,12 @@ fn drop_filler_rows(
             name.as_str(),
             "encoder.weight" | "decoder.weight" | "decoder.bias"
         );
-        let kept = if per_token && tensor.dims()[0] > rows {
+        let truncated = if per_token && tensor.dims()[0] > rows {
             tensor.narrow(0, 0, rows)?.contiguous()?
         } else {
             tensor.clone()
         };
-        tensors.insert(name.clone(), kept);
+        tensors.insert(name.clone(), truncated);
     }
     Ok(tensors)
 }

@@ -8,7 +8,7 @@ use crate::model::{LanguageModel, ModelError};
 use crate::rng::Rng;
 use crate::text::{BOS, MAJ, PAD, REP, UP, WREP};
 
-/// How the next token is chosen.
+/// Settings of next-token sampling.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SamplingOptions {
     /// Number of tokens to generate after the prompt.
@@ -137,7 +137,7 @@ fn choose_token(logits: &[f32], options: &SamplingOptions, rng: &mut Rng) -> u32
 /// `xxrep N c` and `xxwrep N w`, and joins the result with spaces.
 ///
 /// NOTE: fastai 2.8.12's `decode_spec_tokens` never clears its state after a `xxrep` or
-/// `xxwrep`, so it repeats every later token too; here only the marked token repeats.
+/// `xxwrep`, so it repeats every later token too. Here only the marked token repeats.
 pub fn detokenize<S: AsRef<str>>(tokens: &[S]) -> String {
     let tokens: Vec<&str> = tokens
         .iter()

@@ -32,9 +32,9 @@ impl From<candle_core::Error> for RemapError {
 }
 
 /// Returns a copy of `model` whose embedding, untied decoder weight and decoder bias are
-/// re-indexed from `old_vocab` (the model's) to `new_vocab`: a token of both keeps its
-/// rows and bias, a new token gets the mean row and the mean bias. The LSTM weights are
-/// copied unchanged. `pad_id` becomes the id of `xxpad` in `new_vocab` (kept when absent).
+/// re-indexed from `old_vocab` (the model's) to `new_vocab`. A token of both keeps its
+/// rows and bias, and a new token gets the mean row and the mean bias. The LSTM weights
+/// are copied unchanged. `pad_id` becomes the id of `xxpad` in `new_vocab` (kept when absent).
 pub fn remap_language_model(
     model: &LanguageModel,
     old_vocab: &Vocab,
@@ -102,7 +102,7 @@ mod tests {
         tensor.flatten_all().unwrap().to_vec1().unwrap()
     }
 
-    /// A one-layer model with embedding width 2, hidden width 2 and 3 tokens.
+    /// Builds a one-layer model with embedding width 2, hidden width 2 and 3 tokens.
     fn small_model(tie_weights: bool) -> LanguageModel {
         let config = AwdLstmConfig {
             embedding_size: 2,
