@@ -3,8 +3,11 @@
 
 mod corpus;
 mod data;
+mod generate;
+mod import;
 mod json;
 mod numericalize;
+mod perplexity;
 mod pretrain;
 mod tokenize;
 mod vocab;
@@ -52,6 +55,12 @@ pub enum Command {
     Pretrain(pretrain::PretrainArgs),
     /// Sweep learning rates for a language model and print the suggested rate.
     LrFind(pretrain::LrFindArgs),
+    /// Convert fastai AWD-LSTM weights and their itos.pkl into a model folder.
+    ImportFastai(import::ImportArgs),
+    /// Report a language model's loss, perplexity and next-token accuracy on a corpus.
+    Perplexity(perplexity::PerplexityArgs),
+    /// Continue a prompt with a language model and print the text.
+    Generate(generate::GenerateArgs),
 }
 
 /// Sets up `tracing` on stderr: summaries and warnings by default, more with `-v`,
@@ -105,6 +114,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Numericalize(args) => numericalize::run(args, progress),
         Command::Pretrain(args) => pretrain::run_pretrain(args, progress),
         Command::LrFind(args) => pretrain::run_lr_find(args, progress),
+        Command::ImportFastai(args) => import::run(args),
+        Command::Perplexity(args) => perplexity::run(args, progress),
+        Command::Generate(args) => generate::run(args),
     }
 }
 
