@@ -965,7 +965,7 @@ fn invalid(offset: usize, message: String) -> PickleError {
 }
 
 fn pair_up(items: &[usize], offset: usize) -> Result<Vec<(usize, usize)>, PickleError> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return Err(invalid(offset, "odd number of items for a dict".into()));
     }
     Ok(items

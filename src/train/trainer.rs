@@ -505,7 +505,7 @@ impl Trainer {
                         let save_now = self
                             .settings
                             .save_every
-                            .is_some_and(|n| self.state.opt_step % n == 0);
+                            .is_some_and(|n| self.state.opt_step.is_multiple_of(n));
                         if save_now && self.state.batch_in_epoch < batches {
                             self.save_checkpoint()?;
                         }
