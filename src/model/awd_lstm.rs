@@ -353,6 +353,31 @@ impl LanguageModel {
         self.hidden.as_deref()
     }
 
+    /// Replaces the carried `(h, c)` of each layer, as [`Self::hidden_state`] returns
+    /// them, so a resumed run continues from a saved state. Fails when the number of
+    /// layers or a state's width does not match the model.
+    pub fn set_hidden_state(&mut self, hidden: Vec<(Tensor, Tensor)>) -> Result<()> {
+        if hidden.len() != self.layers.len() {
+            return Err(ModelError::InvalidInput(format!(
+                "hidden state has {} layers, the model {}",
+                hidden.len(),
+                self.layers.len()
+            )));
+        }
+        for (index, ((h, c), layer)) in hidden.iter().zip(&self.layers).enumerate() {
+            let width = layer.hidden_size();
+            if h.dims().last() != Some(&width) || c.dims() != h.dims() {
+                return Err(ModelError::InvalidInput(format!(
+                    "hidden state of layer {index} has shapes {:?} and {:?}, expected [batch, {width}]",
+                    h.dims(),
+                    c.dims()
+                )));
+            }
+        }
+        self.hidden = Some(hidden);
+        Ok(())
+    }
+
     /// Returns the hidden state for a batch of `batch` rows. Like fastai, a smaller batch
     /// keeps the first rows of the carried state and a larger one adds zero rows.
     fn hidden_for_batch(

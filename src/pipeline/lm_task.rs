@@ -297,6 +297,43 @@ impl TrainTask for LmTask {
         self.model.reset();
     }
 
+    /// The hidden state of each layer, as `{layer}.h` and `{layer}.c`.
+    fn carried_state(&self) -> Vec<(String, Tensor)> {
+        let Some(hidden) = self.model.hidden_state() else {
+            return Vec::new();
+        };
+        hidden
+            .iter()
+            .enumerate()
+            .flat_map(|(layer, (h, c))| {
+                [
+                    (format!("{layer}.h"), h.clone()),
+                    (format!("{layer}.c"), c.clone()),
+                ]
+            })
+            .collect()
+    }
+
+    fn restore_carried_state(&mut self, tensors: &HashMap<String, Tensor>) -> anyhow::Result<()> {
+        if tensors.is_empty() {
+            self.model.reset();
+            return Ok(());
+        }
+        let layers = self.model.layers().len();
+        let mut hidden = Vec::with_capacity(layers);
+        for layer in 0..layers {
+            let get = |part: &str| {
+                tensors
+                    .get(&format!("{layer}.{part}"))
+                    .cloned()
+                    .ok_or_else(|| anyhow::anyhow!("checkpoint has no hidden state {layer}.{part}"))
+            };
+            hidden.push((get("h")?, get("c")?));
+        }
+        self.model.set_hidden_state(hidden)?;
+        Ok(())
+    }
+
     /// Stops building a backward graph only when every group is frozen, because the
     /// model's gradient tracking is one switch for all parameters. The trainer ignores
     /// the gradients of frozen groups either way.

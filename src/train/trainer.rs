@@ -56,8 +56,21 @@ pub trait TrainTask {
     fn validate(&mut self) -> anyhow::Result<Metrics>;
 
     /// Clears state carried between batches (such as an RNN's hidden state); called at
-    /// the start of each epoch and when resuming.
+    /// the start of each epoch.
     fn reset_state(&mut self) {}
+
+    /// Returns the state carried between batches as named tensors, which checkpoints
+    /// store so that a run resumed mid-epoch continues exactly.
+    fn carried_state(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+
+    /// Restores state returned by [`Self::carried_state`]; called instead of
+    /// [`Self::reset_state`] when a run resumes mid-epoch.
+    fn restore_carried_state(&mut self, tensors: &HashMap<String, Tensor>) -> anyhow::Result<()> {
+        let _ = tensors;
+        Ok(())
+    }
 
     /// Receives, for each group, whether it is frozen. A task may read frozen weights
     /// through detached tensors so the backward pass skips them; the trainer already
@@ -66,6 +79,9 @@ pub trait TrainTask {
         let _ = frozen;
     }
 }
+
+/// Prefix of carried task state in a checkpoint's optimizer file.
+const CARRIED_PREFIX: &str = "carried.";
 
 /// Settings of one training stage; all are stored in checkpoints and checked on resume.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -232,6 +248,8 @@ pub struct Trainer {
     pending: Grads,
     pending_count: usize,
     records: Vec<EpochRecord>,
+    /// Carried task state read from a checkpoint, restored at the start of `fit`.
+    resumed_carried: Option<HashMap<String, Tensor>>,
 }
 
 impl Trainer {
@@ -299,6 +317,7 @@ impl Trainer {
             pending: Vec::new(),
             pending_count: 0,
             records: Vec::new(),
+            resumed_carried: None,
         })
     }
 
@@ -350,8 +369,16 @@ impl Trainer {
                 param.var.set(&saved.to_dtype(param.var.dtype())?)?;
             }
         }
+        let (carried, moments): (HashMap<_, _>, HashMap<_, _>) = ckpt
+            .optimizer
+            .into_iter()
+            .partition(|(name, _)| name.starts_with(CARRIED_PREFIX));
+        let carried: HashMap<String, Tensor> = carried
+            .into_iter()
+            .map(|(name, tensor)| (name[CARRIED_PREFIX.len()..].to_string(), tensor))
+            .collect();
         let mut optimizer = AdamW::new(groups, settings.adam)?;
-        optimizer.load_state(&ckpt.optimizer, &ckpt.state.adam_steps)?;
+        optimizer.load_state(&moments, &ckpt.state.adam_steps)?;
         let mut trainer = Self::with_optimizer(task, optimizer, settings, options)?;
         trainer.optimizer.set_frozen_count(ckpt.state.frozen_groups);
         task.set_frozen(&frozen_mask(
@@ -360,6 +387,7 @@ impl Trainer {
         ));
         trainer.rng = Rng::from_state(ckpt.state.rng);
         trainer.state = ckpt.state;
+        trainer.resumed_carried = Some(carried);
         Ok(trainer)
     }
 
@@ -388,7 +416,7 @@ impl Trainer {
         self.state.epoch >= self.settings.epochs
     }
 
-    fn save_checkpoint(&mut self) -> Result<()> {
+    fn save_checkpoint<T: TrainTask>(&mut self, task: &T) -> Result<()> {
         let Some(dir) = self.options.checkpoint_dir.clone() else {
             return Ok(());
         };
@@ -398,7 +426,10 @@ impl Trainer {
                 weights.insert(param.name.clone(), param.var.as_tensor().clone());
             }
         }
-        let (moments, steps) = self.optimizer.state_tensors();
+        let (mut moments, steps) = self.optimizer.state_tensors();
+        for (name, tensor) in task.carried_state() {
+            moments.insert(format!("{CARRIED_PREFIX}{name}"), tensor);
+        }
         self.state.adam_steps = steps;
         self.state.rng = self.rng.state();
         self.state.frozen_groups = self.optimizer.frozen().iter().filter(|f| **f).count();
@@ -449,10 +480,14 @@ impl Trainer {
         while !self.is_done() {
             let epoch = self.state.epoch;
             let start = Instant::now();
-            // NOTE: checkpoints do not store state carried between batches, so a task
-            // that keeps an RNN hidden state resumes mid-epoch from a reset state and
-            // is then not bit-identical to an uninterrupted run.
-            task.reset_state();
+            // A run resumed mid-epoch continues from the carried state it saved; every
+            // other epoch starts from a reset state.
+            match self.resumed_carried.take() {
+                Some(carried) if self.state.batch_in_epoch > 0 => task
+                    .restore_carried_state(&carried)
+                    .map_err(TrainError::Task)?,
+                _ => task.reset_state(),
+            }
             let batches = task.batches_per_epoch();
             let iter = task.train_batches(
                 epoch,
@@ -507,7 +542,7 @@ impl Trainer {
                             .save_every
                             .is_some_and(|n| self.state.opt_step.is_multiple_of(n));
                         if save_now && self.state.batch_in_epoch < batches {
-                            self.save_checkpoint()?;
+                            self.save_checkpoint(task)?;
                         }
                         if self.options.max_steps.is_some_and(|m| steps_this_call >= m) {
                             stopped = true;
@@ -527,7 +562,7 @@ impl Trainer {
             let _ = loader.join();
             result?;
             if stopped && self.state.batch_in_epoch < batches {
-                self.save_checkpoint()?;
+                self.save_checkpoint(task)?;
                 return Ok(finished);
             }
             let metrics = task.validate()?;
@@ -552,7 +587,7 @@ impl Trainer {
             self.state.batch_in_epoch = 0;
             self.state.epoch_loss_sum = 0.0;
             self.state.epoch_loss_count = 0;
-            self.save_checkpoint()?;
+            self.save_checkpoint(task)?;
             self.records.push(record.clone());
             finished.push(record);
             if stopped {
