@@ -4,6 +4,7 @@
 pub mod classify;
 pub mod evaluate;
 pub mod fastai_import;
+pub mod finetune;
 pub mod generate;
 pub mod lm_task;
 pub mod model_folder;
