@@ -115,6 +115,7 @@ fn settings(stage: &str, epochs: usize, lr: f64, freeze_to: isize, seed: u64) ->
 /// frozen_lr)` with only the last group trainable, then `unfreeze()` and
 /// `fit_one_cycle(unfrozen_epochs, unfrozen_lr)`, momentum 0.8 -> 0.7 -> 0.8, weight
 /// decay 0.1, AR 2 and TAR 1. Returns the model and the epoch records.
+#[allow(clippy::too_many_arguments)]
 pub fn finetune(
     model: LanguageModel,
     train: Arc<TokenFile>,
