@@ -6,6 +6,7 @@
 //! ops in [`kernels`]; [`train`] is the trainer shared by every model; [`import`] reads
 //! fastai and PyTorch weight files without running Python.
 
+pub mod api;
 pub mod cli;
 pub mod import;
 pub mod kernels;

@@ -1,13 +1,16 @@
 //! Command-line interface: argument definitions and the code that runs each command.
 //! Results go to stdout; logs, progress bars and errors go to stderr.
 
+mod classify;
 mod corpus;
 mod data;
 mod generate;
 mod import;
 mod json;
+mod lm_finetune;
 mod numericalize;
 mod perplexity;
+mod predict;
 mod pretrain;
 mod tokenize;
 mod vocab;
@@ -61,6 +64,12 @@ pub enum Command {
     Perplexity(perplexity::PerplexityArgs),
     /// Continue a prompt with a language model and print the text.
     Generate(generate::GenerateArgs),
+    /// Fine-tune a pretrained language model on target texts and write a model folder.
+    LmFinetune(lm_finetune::LmFinetuneArgs),
+    /// Train a text classifier on a fine-tuned language model and write a classifier folder.
+    Classify(classify::ClassifyArgs),
+    /// Score texts with classifier folders and print labels and class probabilities.
+    Predict(predict::PredictArgs),
 }
 
 /// Sets up `tracing` on stderr: summaries and warnings by default, more with `-v`,
@@ -117,6 +126,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ImportFastai(args) => import::run(args),
         Command::Perplexity(args) => perplexity::run(args, progress),
         Command::Generate(args) => generate::run(args),
+        Command::LmFinetune(args) => lm_finetune::run(args, progress),
+        Command::Classify(args) => classify::run(args, progress),
+        Command::Predict(args) => predict::run(args),
     }
 }
 

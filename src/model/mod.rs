@@ -3,11 +3,13 @@
 //! dropout, and a decoder tied to the embedding.
 
 pub mod awd_lstm;
+pub mod classifier;
 pub mod config;
 pub mod dropout;
 pub mod lstm;
 
 pub use awd_lstm::{LanguageModel, LmLoss, LmOutput, DEFAULT_AR_ALPHA, DEFAULT_TAR_BETA};
+pub use classifier::{Classifier, ClassifierConfig, ClassifierOutput};
 pub use config::{AwdLstmConfig, DropoutConfig};
 pub use lstm::LstmLayer;
 

@@ -1,0 +1,255 @@
+//! `ulmfit classify`: train a ULMFiT text classifier on a fine-tuned language model with
+//! fastai's gradual unfreezing, and write a classifier folder.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use candle_core::Device;
+use clap::{Args, ValueEnum};
+
+use super::data::DataArgs;
+use crate::model::classifier::{DEFAULT_BPTT, DEFAULT_HEAD_HIDDEN, DEFAULT_MAX_LEN};
+use crate::model::{Classifier, ClassifierConfig, DropoutConfig};
+use crate::pipeline::classify::{
+    balanced_weights, check_classes, gradual_unfreezing, stage_settings, ClassifierTask,
+    LabelledDocuments, DEFAULT_CLASSIFIER_LR, DEFAULT_FINAL_EPOCHS,
+};
+use crate::pipeline::model_folder;
+use crate::pipeline::predict::{save_classifier, ClassifierFolderConfig, CLASSIFIER_KIND};
+use crate::rng::Rng;
+use crate::text::readers::{read_all, Document, LabelRequirement};
+use crate::text::BOS;
+use crate::train::{RunOptions, Trainer};
+
+/// Class weighting of the loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClassWeights {
+    /// Weight class c by `n / (classes * count_c)`, as scikit-learn's `balanced`.
+    Balanced,
+}
+
+/// Arguments of `ulmfit classify`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Defaults follow fastai 2.x's IMDb text classifier: drop_mult 0.5, bptt 72, max_len 1440, \
+a head of 50 hidden units, one-cycle with momentum 0.8 -> 0.7 -> 0.8, and gradual \
+unfreezing: the head for 1 epoch at lr; the last two groups 1 epoch at slice(lr/2/2.6^4, \
+lr/2); the last three 1 epoch at slice(lr/4/2.6^4, lr/4); everything for --epochs epochs at \
+slice(lr/20/2.6^4, lr/20).")]
+pub struct ClassifyArgs {
+    /// Language-model folder (from `ulmfit lm-finetune` or `pretrain`) whose encoder and
+    /// vocabulary the classifier uses.
+    #[arg(long, value_name = "DIR")]
+    pub encoder: PathBuf,
+
+    /// Labelled training data: class folders, CSV or JSONL (see `--format`).
+    #[arg(long, num_args = 1.., required = true, value_name = "PATH")]
+    pub data: Vec<PathBuf>,
+
+    /// Output classifier folder.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+
+    /// Labelled validation data. Default: a random `--valid-fraction` of `--data`.
+    #[arg(long, num_args = 1.., value_name = "PATH")]
+    pub valid: Vec<PathBuf>,
+
+    /// Share of `--data` held out for validation when `--valid` is not given.
+    #[arg(long, default_value_t = 0.1, value_name = "F")]
+    pub valid_fraction: f64,
+
+    /// Read every document backwards (default: the encoder folder's direction).
+    #[arg(long)]
+    pub backwards: bool,
+
+    /// Tokens per encoder chunk.
+    #[arg(long, default_value_t = DEFAULT_BPTT, value_name = "N")]
+    pub bptt: usize,
+
+    /// Pool the outputs of the chunks within the last N tokens of each document.
+    #[arg(long, default_value_t = DEFAULT_MAX_LEN, value_name = "N")]
+    pub max_len: usize,
+
+    /// Hidden units of the head.
+    #[arg(long, default_value_t = DEFAULT_HEAD_HIDDEN, value_name = "N")]
+    pub hidden: usize,
+
+    /// Dropout multiplier of the classifier dropout set.
+    #[arg(long, default_value_t = 0.5, value_name = "X")]
+    pub drop_mult: f32,
+
+    /// Weight the loss per class.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub class_weights: Option<ClassWeights>,
+
+    /// Epochs of the last, fully unfrozen stage.
+    #[arg(long, default_value_t = DEFAULT_FINAL_EPOCHS, value_name = "N")]
+    pub epochs: usize,
+
+    /// Peak learning rate of the first stage; later stages use lr/2, lr/4 and lr/20.
+    #[arg(long, default_value_t = DEFAULT_CLASSIFIER_LR, value_name = "X")]
+    pub lr: f64,
+
+    /// Documents per batch (fastai's default 64; its IMDb example uses 128).
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub batch_size: usize,
+
+    /// Seed of the head initialisation, validation split, data order and dropout.
+    #[arg(long, default_value_t = 0, value_name = "S")]
+    pub seed: u64,
+
+    /// Append one JSON object per epoch to this file.
+    #[arg(long, value_name = "FILE")]
+    pub log_json: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub data_options: DataArgs,
+}
+
+/// Runs `ulmfit classify`.
+pub fn run(args: ClassifyArgs, progress: bool) -> anyhow::Result<()> {
+    if !(0.0..1.0).contains(&args.valid_fraction) {
+        bail!(
+            "--valid-fraction {} must lie in [0, 1)",
+            args.valid_fraction
+        );
+    }
+    let loaded = model_folder::load(&args.encoder, &Device::Cpu).with_context(|| {
+        format!(
+            "failed to load the language model in {}",
+            args.encoder.display()
+        )
+    })?;
+    let backwards = args.backwards || loaded.config.backwards;
+    let options = args.data_options.read_options(LabelRequirement::Required);
+    let train_docs = read_all(&args.data, &options)?.documents;
+    let (train_docs, valid_docs) = if args.valid.is_empty() {
+        split_validation(train_docs, args.valid_fraction, args.seed)
+    } else {
+        (train_docs, read_all(&args.valid, &options)?.documents)
+    };
+    let labels = |docs: &[Document]| -> Vec<String> {
+        docs.iter()
+            .map(|d| d.label.clone().unwrap_or_default())
+            .collect()
+    };
+    let (train_labels, valid_labels) = (labels(&train_docs), labels(&valid_docs));
+    let classes = check_classes(&train_labels, &valid_labels)?;
+    let class_id = |label: &String| classes.iter().position(|c| c == label).unwrap_or(0) as u32;
+    let encode = |docs: &[Document]| -> anyhow::Result<Vec<Vec<u32>>> {
+        let texts: Vec<&str> = docs.iter().map(|d| d.text.as_str()).collect();
+        let tokens = loaded.tokenizer.tokenize_all(&texts)?;
+        Ok(tokens
+            .iter()
+            .map(|tokens| {
+                let mut ids = loaded.vocab.encode(tokens);
+                if ids.is_empty() {
+                    ids.push(loaded.vocab.id(BOS));
+                }
+                if backwards {
+                    ids.reverse();
+                }
+                ids
+            })
+            .collect())
+    };
+    let train = LabelledDocuments {
+        ids: encode(&train_docs)?,
+        labels: train_labels.iter().map(class_id).collect(),
+    };
+    let valid = LabelledDocuments {
+        ids: encode(&valid_docs)?,
+        labels: valid_labels.iter().map(class_id).collect(),
+    };
+    tracing::info!(
+        "{} training and {} validation documents, {} classes: {}",
+        train.ids.len(),
+        valid.ids.len(),
+        classes.len(),
+        classes.join(", ")
+    );
+
+    let mut encoder = loaded.model.config().clone();
+    encoder.dropout = DropoutConfig::CLASSIFIER;
+    encoder.dropout_multiplier = args.drop_mult;
+    let config = ClassifierConfig {
+        encoder,
+        n_classes: classes.len(),
+        head_hidden: vec![args.hidden],
+        bptt: args.bptt,
+        max_len: args.max_len,
+    };
+    let mut rng = Rng::seed(args.seed);
+    let model = Classifier::from_language_model(&loaded.model, config.clone(), &mut rng)?;
+    let weights = args
+        .class_weights
+        .map(|ClassWeights::Balanced| balanced_weights(&train.labels, classes.len()));
+    let mut task = ClassifierTask::new(model, train, valid, args.batch_size, weights)?;
+
+    let options = || RunOptions {
+        json_log: args.log_json.clone(),
+        progress,
+        item_unit: "documents",
+        ..RunOptions::default()
+    };
+    let mut trainer: Option<Trainer> = None;
+    let mut records = Vec::new();
+    for (index, stage) in gradual_unfreezing(args.lr, args.epochs).iter().enumerate() {
+        if stage.epochs == 0 {
+            continue;
+        }
+        let settings = stage_settings(stage, index, args.seed);
+        let mut next = match trainer.take() {
+            None => Trainer::new(&mut task, settings, options())?,
+            Some(previous) => previous.next_stage(&mut task, settings, options())?,
+        };
+        records.extend(next.fit(&mut task)?);
+        trainer = Some(next);
+    }
+
+    let folder = ClassifierFolderConfig {
+        kind: CLASSIFIER_KIND.into(),
+        model: config,
+        classes: classes.clone(),
+        backwards,
+    };
+    save_classifier(&args.out, &folder, task.model(), &args.encoder)?;
+    let mut summary = serde_json::json!({ "model": args.out, "classes": classes });
+    if let Some(last) = records.last() {
+        summary["train_loss"] = last.train_loss.into();
+        summary["valid_loss"] = last.valid_loss.into();
+        let mut per_class = serde_json::Map::new();
+        for (name, value) in &last.metrics {
+            let renamed = rename_class_metric(name, &classes);
+            per_class.insert(renamed, (*value).into());
+        }
+        summary["metrics"] = per_class.into();
+    }
+    println!("{summary}");
+    Ok(())
+}
+
+/// Renames `precision_3` to `precision_<class 3>`; other names stay.
+fn rename_class_metric(name: &str, classes: &[String]) -> String {
+    if let Some((metric, index)) = name.rsplit_once('_') {
+        if let Ok(index) = index.parse::<usize>() {
+            if let Some(class) = classes.get(index) {
+                return format!("{metric}_{class}");
+            }
+        }
+    }
+    name.to_string()
+}
+
+/// Moves a seeded random `fraction` of `documents` into a validation set.
+fn split_validation(
+    mut documents: Vec<Document>,
+    fraction: f64,
+    seed: u64,
+) -> (Vec<Document>, Vec<Document>) {
+    let n_valid = (documents.len() as f64 * fraction).round() as usize;
+    let mut rng = Rng::seed(seed ^ 0x0005_917e_d0c5);
+    rng.shuffle(&mut documents);
+    let valid = documents.split_off(documents.len() - n_valid);
+    (documents, valid)
+}

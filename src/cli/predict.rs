@@ -1,0 +1,144 @@
+//! `ulmfit predict`: score texts with one or more classifier folders.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+use crate::api::to_prediction;
+use crate::pipeline::predict::{LoadedClassifier, DEFAULT_PREDICT_BATCH};
+
+/// Arguments of `ulmfit predict`.
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// Classifier folder from `ulmfit classify` (repeatable: probabilities are averaged,
+    /// as for a forward and backward ensemble). Default: `checkpoints/imdb-sentiment` in
+    /// the crate folder.
+    #[arg(long, value_name = "DIR")]
+    pub model: Vec<PathBuf>,
+
+    /// Texts to score. With neither texts nor `--input`, lines are read from stdin.
+    #[arg(value_name = "TEXT")]
+    pub texts: Vec<String>,
+
+    /// File with one text per line (UTF-8).
+    #[arg(long, value_name = "FILE")]
+    pub input: Option<PathBuf>,
+
+    /// Print one JSON object per text: `{"text", "label", "probabilities"}`.
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+
+    /// Print CSV with a header: text, label, then one probability column per class.
+    #[arg(long)]
+    pub csv: bool,
+
+    /// Texts scored together.
+    #[arg(long, default_value_t = DEFAULT_PREDICT_BATCH, value_name = "N")]
+    pub batch_size: usize,
+}
+
+/// Returns the default classifier folder, `checkpoints/imdb-sentiment` in the crate.
+fn default_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("checkpoints/imdb-sentiment")
+}
+
+/// Runs `ulmfit predict`.
+pub fn run(args: PredictArgs) -> anyhow::Result<()> {
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let dirs = if args.model.is_empty() {
+        let dir = default_model();
+        if !dir.join("config.json").exists() {
+            bail!(
+                "no --model given and the default model {} does not exist yet; train one with `ulmfit classify --out DIR` and pass --model DIR",
+                dir.display()
+            );
+        }
+        vec![dir]
+    } else {
+        args.model.clone()
+    };
+    let models: Vec<LoadedClassifier> = dirs
+        .iter()
+        .map(|dir| LoadedClassifier::load(dir))
+        .collect::<anyhow::Result<_>>()?;
+    let classes = models[0].config.classes.clone();
+    for model in &models[1..] {
+        if model.config.classes != classes {
+            bail!(
+                "{} has classes [{}] but {} has [{}]; an ensemble needs the same classes in the same order",
+                model.dir.display(),
+                model.config.classes.join(", "),
+                models[0].dir.display(),
+                classes.join(", ")
+            );
+        }
+    }
+
+    let mut texts = args.texts.clone();
+    if let Some(path) = &args.input {
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("failed to open {}", path.display()))?;
+        for line in std::io::BufReader::new(file).lines() {
+            texts.push(line.with_context(|| format!("failed to read {}", path.display()))?);
+        }
+    } else if texts.is_empty() {
+        for line in std::io::stdin().lock().lines() {
+            texts.push(line.context("failed to read standard input")?);
+        }
+    }
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let mut average = vec![vec![0.0f32; classes.len()]; refs.len()];
+    for model in &models {
+        let probabilities = model.probabilities(&refs, args.batch_size)?;
+        for (sum, row) in average.iter_mut().zip(probabilities) {
+            for (s, p) in sum.iter_mut().zip(row) {
+                *s += p / models.len() as f32;
+            }
+        }
+    }
+
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if args.csv {
+        let mut writer = csv::Writer::from_writer(out);
+        let mut header = vec!["text".to_string(), "label".to_string()];
+        header.extend(classes.iter().cloned());
+        writer.write_record(&header)?;
+        for (text, row) in refs.iter().zip(&average) {
+            let prediction = to_prediction(&classes, row);
+            let mut record = vec![text.to_string(), prediction.label];
+            record.extend(row.iter().map(|p| p.to_string()));
+            writer.write_record(&record)?;
+        }
+        writer.flush()?;
+        return Ok(());
+    }
+    for (text, row) in refs.iter().zip(&average) {
+        let prediction = to_prediction(&classes, row);
+        if args.json {
+            let probabilities: serde_json::Map<String, serde_json::Value> = classes
+                .iter()
+                .zip(row)
+                .map(|(class, p)| (class.clone(), (*p).into()))
+                .collect();
+            let object = serde_json::json!({
+                "text": text,
+                "label": prediction.label,
+                "probabilities": probabilities,
+            });
+            writeln!(out, "{object}")?;
+        } else {
+            let listed: Vec<String> = classes
+                .iter()
+                .zip(row)
+                .map(|(class, p)| format!("{class}={p:.4}"))
+                .collect();
+            writeln!(out, "{}\t{}", prediction.label, listed.join(" "))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,366 @@
+//! The classifier stage: labelled documents, the trainer task, and fastai's gradual
+//! unfreezing recipe for text classifiers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use anyhow::bail;
+use candle_core::{DType, Tensor};
+
+use crate::model::classifier::argmax;
+use crate::model::Classifier;
+use crate::rng::Rng;
+use crate::text::batches::{sorted_order, sortish_order};
+use crate::train::{
+    AdamConfig, BatchIter, ConfusionMatrix, LrSpec, Metrics, OneCycle, Param, ParamGroup, Schedule,
+    TrainSettings, TrainTask,
+};
+
+/// fastai's factor between the learning rates of neighbouring layer groups.
+pub const LR_GROUP_FACTOR: f64 = 2.6;
+/// fastai's peak learning rate of the first classifier stage.
+pub const DEFAULT_CLASSIFIER_LR: f64 = 2e-2;
+/// fastai's epochs of the last (fully unfrozen) classifier stage.
+pub const DEFAULT_FINAL_EPOCHS: usize = 2;
+
+/// Returns the sorted class names of `labels`: numerically when every label is an
+/// integer (so "2" precedes "10"), otherwise lexicographically.
+pub fn class_names<'a>(labels: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let distinct: BTreeSet<&str> = labels.into_iter().collect();
+    let mut classes: Vec<String> = distinct.into_iter().map(str::to_string).collect();
+    if classes.iter().all(|label| label.parse::<i64>().is_ok()) {
+        classes.sort_by_key(|label| label.parse::<i64>().unwrap_or(0));
+    }
+    classes
+}
+
+/// Checks the class sets of the training and validation labels and returns the classes
+/// in output order. Fails naming the class when one occurs only in validation or has
+/// fewer than 2 training examples.
+pub fn check_classes(train: &[String], valid: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for label in train {
+        *counts.entry(label.as_str()).or_default() += 1;
+    }
+    for label in valid {
+        if !counts.contains_key(label.as_str()) {
+            bail!(
+                "class `{label}` occurs in the validation set but not in the training set; add training examples of it or remove it from the validation set"
+            );
+        }
+    }
+    for (label, count) in &counts {
+        if *count < 2 {
+            bail!(
+                "class `{label}` has {count} training example; a class needs at least 2, so add examples or remove the class"
+            );
+        }
+    }
+    let classes = class_names(train.iter().map(String::as_str));
+    if classes.len() < 2 {
+        bail!(
+            "the training set has {} class ({}); a classifier needs at least 2",
+            classes.len(),
+            classes.join(", ")
+        );
+    }
+    Ok(classes)
+}
+
+/// Returns sklearn's `balanced` class weights `n / (k * count_c)` for class ids `labels`.
+pub fn balanced_weights(labels: &[u32], n_classes: usize) -> Vec<f32> {
+    let mut counts = vec![0usize; n_classes];
+    for &label in labels {
+        counts[label as usize] += 1;
+    }
+    let n = labels.len() as f32;
+    counts
+        .iter()
+        .map(|&count| {
+            if count == 0 {
+                0.0
+            } else {
+                n / (n_classes as f32 * count as f32)
+            }
+        })
+        .collect()
+}
+
+/// Numericalized documents with class ids.
+#[derive(Debug, Clone, Default)]
+pub struct LabelledDocuments {
+    /// Token ids of each document, each non-empty.
+    pub ids: Vec<Vec<u32>>,
+    /// Class id of each document.
+    pub labels: Vec<u32>,
+}
+
+/// One stage of the gradual-unfreezing recipe.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UnfreezeStage {
+    /// fastai `freeze_to(n)`; 0 trains every group.
+    pub freeze_to: isize,
+    /// Epochs of the stage.
+    pub epochs: usize,
+    /// Peak learning rate(s).
+    pub lr: LrSpec,
+}
+
+/// Returns fastai 2.x's IMDb classifier recipe scaled to the first stage's rate `lr`
+/// (2e-2 in fastai): `freeze_to(-1)` 1 epoch at `lr`; `freeze_to(-2)` 1 epoch at
+/// `slice(lr/2/2.6^4, lr/2)`; `freeze_to(-3)` 1 epoch at `slice(lr/4/2.6^4, lr/4)`;
+/// `unfreeze()` `final_epochs` epochs at `slice(lr/20/2.6^4, lr/20)`.
+pub fn gradual_unfreezing(lr: f64, final_epochs: usize) -> Vec<UnfreezeStage> {
+    let spread = LR_GROUP_FACTOR.powi(4);
+    let range = |top: f64| LrSpec::Range(top / spread, top);
+    vec![
+        UnfreezeStage {
+            freeze_to: -1,
+            epochs: 1,
+            lr: LrSpec::Value(lr),
+        },
+        UnfreezeStage {
+            freeze_to: -2,
+            epochs: 1,
+            lr: range(lr / 2.0),
+        },
+        UnfreezeStage {
+            freeze_to: -3,
+            epochs: 1,
+            lr: range(lr / 4.0),
+        },
+        UnfreezeStage {
+            freeze_to: 0,
+            epochs: final_epochs,
+            lr: range(lr / 20.0),
+        },
+    ]
+}
+
+/// Returns the trainer settings of one stage: one-cycle with momentum 0.8 -> 0.7 -> 0.8
+/// and Adam with fastai's default decoupled weight decay 0.01.
+pub fn stage_settings(stage: &UnfreezeStage, index: usize, seed: u64) -> TrainSettings {
+    TrainSettings {
+        stage: format!("classify stage {}", index + 1),
+        epochs: stage.epochs,
+        lr: stage.lr,
+        schedule: Schedule::OneCycle(OneCycle {
+            moms: (0.8, 0.7, 0.8),
+            ..OneCycle::default()
+        }),
+        adam: AdamConfig::default(),
+        clip: None,
+        accumulate: 1,
+        freeze_to: stage.freeze_to,
+        seed: seed.wrapping_add(index as u64),
+        save_every: None,
+    }
+}
+
+/// The classifier with its training and validation documents, for the trainer.
+pub struct ClassifierTask {
+    model: Classifier,
+    train: Arc<LabelledDocuments>,
+    valid: LabelledDocuments,
+    batch_size: usize,
+    class_weights: Option<Vec<f32>>,
+    frozen: Vec<bool>,
+}
+
+impl ClassifierTask {
+    /// Creates the task. `class_weights` (one per class) weight the cross-entropy as
+    /// PyTorch's `weight` argument does.
+    pub fn new(
+        model: Classifier,
+        train: LabelledDocuments,
+        valid: LabelledDocuments,
+        batch_size: usize,
+        class_weights: Option<Vec<f32>>,
+    ) -> anyhow::Result<Self> {
+        if batch_size == 0 {
+            bail!("the batch size must be at least 1");
+        }
+        if train.ids.is_empty() {
+            bail!("the training set has no documents");
+        }
+        let n_groups = model.layer_groups().len();
+        Ok(Self {
+            model,
+            train: Arc::new(train),
+            valid,
+            batch_size,
+            class_weights,
+            frozen: vec![false; n_groups],
+        })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Classifier {
+        &self.model
+    }
+
+    /// Returns the model, ending the task.
+    pub fn into_model(self) -> Classifier {
+        self.model
+    }
+
+    /// Returns the (weighted) mean cross-entropy of `logits` `[batch, classes]`.
+    fn loss(&self, logits: &Tensor, labels: &[u32]) -> anyhow::Result<Tensor> {
+        let device = logits.device();
+        let targets = Tensor::from_slice(labels, labels.len(), device)?;
+        let log_probs = candle_nn::ops::log_softmax(logits, 1)?;
+        let picked = log_probs
+            .gather(&targets.unsqueeze(1)?, 1)?
+            .squeeze(1)?
+            .neg()?;
+        match &self.class_weights {
+            None => Ok(picked.mean_all()?),
+            Some(weights) => {
+                let per_row: Vec<f32> = labels.iter().map(|&l| weights[l as usize]).collect();
+                let total: f32 = per_row.iter().sum();
+                let w = Tensor::from_vec(per_row, labels.len(), device)?;
+                Ok(picked.mul(&w)?.sum_all()?.affine(1.0 / total as f64, 0.0)?)
+            }
+        }
+    }
+
+    fn n_batches(&self) -> usize {
+        let n = self.train.ids.len();
+        // fastai drops the last incomplete training batch; a lone batch is kept.
+        (n / self.batch_size).max(1)
+    }
+}
+
+impl TrainTask for ClassifierTask {
+    type Batch = Vec<usize>;
+
+    /// fastai's classifier groups: embedding, one per LSTM layer, then the head.
+    /// Biases and BatchNorm parameters get no weight decay.
+    fn groups(&self) -> Vec<ParamGroup> {
+        let groups = self.model.layer_groups();
+        let last = groups.len() - 1;
+        groups
+            .into_iter()
+            .enumerate()
+            .map(|(index, vars)| {
+                let params = vars
+                    .into_iter()
+                    .map(|(name, var)| {
+                        if name.contains("bias") || name.contains(".bn.") {
+                            Param::no_decay(name, var)
+                        } else {
+                            Param::new(name, var)
+                        }
+                    })
+                    .collect();
+                let name = match index {
+                    0 => "embedding".to_string(),
+                    i if i == last => "head".to_string(),
+                    i => format!("lstm {}", i - 1),
+                };
+                ParamGroup::new(name, params)
+            })
+            .collect()
+    }
+
+    fn batches_per_epoch(&self) -> usize {
+        self.n_batches()
+    }
+
+    /// Yields batches of document indices in fastai's sortish order.
+    fn train_batches(
+        &mut self,
+        _epoch: usize,
+        mut rng: Rng,
+        skip: usize,
+    ) -> anyhow::Result<BatchIter<Vec<usize>>> {
+        let lengths: Vec<usize> = self.train.ids.iter().map(Vec::len).collect();
+        let order = sortish_order(&lengths, self.batch_size, rng.next_u64())?;
+        let n_batches = self.n_batches();
+        let batches: Vec<Vec<usize>> = order
+            .chunks(self.batch_size)
+            .take(n_batches)
+            .map(<[usize]>::to_vec)
+            .skip(skip)
+            .collect();
+        Ok(Box::new(batches.into_iter().map(Ok)))
+    }
+
+    fn batch_items(&self, batch: &Vec<usize>) -> usize {
+        batch.len()
+    }
+
+    fn train_step(&mut self, batch: Vec<usize>, rng: &mut Rng) -> anyhow::Result<Tensor> {
+        let train = Arc::clone(&self.train);
+        let documents: Vec<&[u32]> = batch.iter().map(|&i| train.ids[i].as_slice()).collect();
+        let labels: Vec<u32> = batch.iter().map(|&i| train.labels[i]).collect();
+        let frozen = self.frozen.clone();
+        let output = self.model.forward_train(&documents, &frozen, rng)?;
+        self.loss(&output.logits, &labels)
+    }
+
+    /// Returns the validation loss, `accuracy`, `macro_f1` and per-class precision,
+    /// recall and F1 (named by class index). Without validation documents the loss is NaN.
+    fn validate(&mut self) -> anyhow::Result<Metrics> {
+        if self.valid.ids.is_empty() {
+            return Ok(Metrics::with_loss(f64::NAN));
+        }
+        let n_classes = self.model.config().n_classes;
+        let lengths: Vec<usize> = self.valid.ids.iter().map(Vec::len).collect();
+        let order = sorted_order(&lengths);
+        let mut confusion = ConfusionMatrix::new(n_classes);
+        let (mut loss_sum, mut count) = (0.0f64, 0usize);
+        for chunk in order.chunks(self.batch_size) {
+            let documents: Vec<&[u32]> = chunk
+                .iter()
+                .map(|&i| self.valid.ids[i].as_slice())
+                .collect();
+            let labels: Vec<u32> = chunk.iter().map(|&i| self.valid.labels[i]).collect();
+            let output = self.model.predict(&documents)?;
+            let loss = self
+                .loss(&output.logits, &labels)?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
+            loss_sum += loss * labels.len() as f64;
+            count += labels.len();
+            let logits = output.logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            let predicted: Vec<u32> = logits.iter().map(|row| argmax(row) as u32).collect();
+            confusion.add_all(&labels, &predicted);
+        }
+        let mut metrics = Metrics::with_loss(loss_sum / count.max(1) as f64);
+        confusion.add_to(&mut metrics);
+        Ok(metrics)
+    }
+
+    fn set_frozen(&mut self, frozen: &[bool]) {
+        self.frozen = frozen.to_vec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integer_classes_sort_numerically() {
+        let classes = class_names(["10", "2", "1", "2"]);
+        assert_eq!(classes, ["1", "2", "10"]);
+    }
+
+    #[test]
+    fn balanced_weights_by_hand() {
+        // 3 of class 0, 1 of class 1: 4 / (2 * 3) and 4 / (2 * 1).
+        let weights = balanced_weights(&[0, 0, 0, 1], 2);
+        assert!((weights[0] - 2.0 / 3.0).abs() < 1e-6);
+        assert!((weights[1] - 2.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn recipe_matches_fastai_imdb() {
+        let stages = gradual_unfreezing(2e-2, 2);
+        assert_eq!(stages[1].lr, LrSpec::Range(1e-2 / 2.6f64.powi(4), 1e-2));
+        assert_eq!(stages[2].lr, LrSpec::Range(5e-3 / 2.6f64.powi(4), 5e-3));
+        assert_eq!(stages[3].lr, LrSpec::Range(1e-3 / 2.6f64.powi(4), 1e-3));
+        assert_eq!(stages[3].freeze_to, 0);
+    }
+}

@@ -1,0 +1,253 @@
+//! Classifier folders and scoring texts with them.
+//!
+//! | file | contents |
+//! | --- | --- |
+//! | `model.safetensors` | encoder, head and BatchNorm running statistics |
+//! | `config.json` | [`ClassifierFolderConfig`]: architecture, classes, direction |
+//! | `vocab.txt`, `vocab.json` | the vocabulary and the tokenizer rules it was built with |
+//! | `tokenizer.json` | the subword model, for subword vocabularies only |
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::model::classifier::softmax;
+use crate::model::{Classifier, ClassifierConfig};
+use crate::text::rules::RuleSet;
+use crate::text::subword::SubwordModel;
+use crate::text::tokenizer::Tokenizer;
+use crate::text::vocab::{Vocab, VocabKind};
+use crate::text::BOS;
+
+/// File name of the weights in a classifier folder.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// File name of the configuration in a classifier folder.
+pub const CONFIG_FILE: &str = "config.json";
+/// Value of `kind` in a classifier folder's configuration.
+pub const CLASSIFIER_KIND: &str = "classifier";
+/// Documents scored together when the caller gives no batch size.
+pub const DEFAULT_PREDICT_BATCH: usize = 64;
+
+/// Contents of a classifier folder's `config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassifierFolderConfig {
+    /// Always [`CLASSIFIER_KIND`].
+    pub kind: String,
+    /// The architecture.
+    pub model: ClassifierConfig,
+    /// Class names in output order.
+    pub classes: Vec<String>,
+    /// Whether the model reads every document's tokens in reverse order.
+    #[serde(default)]
+    pub backwards: bool,
+}
+
+/// A classifier folder loaded for scoring.
+pub struct LoadedClassifier {
+    /// The folder's configuration.
+    pub config: ClassifierFolderConfig,
+    /// The network.
+    pub model: Classifier,
+    /// The vocabulary.
+    pub vocab: Vocab,
+    /// The tokenizer the vocabulary was built with.
+    pub tokenizer: Tokenizer,
+    /// The folder it was loaded from.
+    pub dir: PathBuf,
+}
+
+/// Writes `model` and `config` into `dir` and copies the vocabulary files (and the
+/// subword model, when present) from `vocab_dir`.
+pub fn save_classifier(
+    dir: &Path,
+    config: &ClassifierFolderConfig,
+    model: &Classifier,
+    vocab_dir: &Path,
+) -> anyhow::Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    model
+        .save(dir.join(WEIGHTS_FILE))
+        .with_context(|| format!("failed to write the classifier in {}", dir.display()))?;
+    let path = dir.join(CONFIG_FILE);
+    fs::write(&path, serde_json::to_string_pretty(config)? + "\n")
+        .with_context(|| format!("failed to write {}", path.display()))?;
+    if fs::canonicalize(vocab_dir).ok() != fs::canonicalize(dir).ok() {
+        for name in [
+            crate::text::vocab::VOCAB_TXT,
+            crate::text::vocab::VOCAB_JSON,
+            crate::text::subword::TOKENIZER_JSON,
+        ] {
+            let from = vocab_dir.join(name);
+            if from.exists() {
+                let to = dir.join(name);
+                fs::copy(&from, &to).with_context(|| {
+                    format!("failed to copy {} to {}", from.display(), to.display())
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Loads the vocabulary and tokenizer stored in `dir`.
+pub fn load_vocab_and_tokenizer(dir: &Path) -> anyhow::Result<(Vocab, Tokenizer)> {
+    let (vocab, header) = Vocab::load_with_header(dir)
+        .with_context(|| format!("failed to load the vocabulary in {}", dir.display()))?;
+    let rules = RuleSet::by_name(&header.rules)
+        .with_context(|| format!("invalid rule set in the vocabulary of {}", dir.display()))?;
+    let tokenizer = match header.kind {
+        VocabKind::Word => Tokenizer::word(rules),
+        VocabKind::Unigram | VocabKind::Bpe => Tokenizer::subword(
+            rules,
+            SubwordModel::load(dir).with_context(|| {
+                format!("failed to load the subword model in {}", dir.display())
+            })?,
+        ),
+    };
+    Ok((vocab, tokenizer))
+}
+
+impl LoadedClassifier {
+    /// Loads the classifier folder `dir` onto the CPU.
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        let config_path = dir.join(CONFIG_FILE);
+        let text = fs::read_to_string(&config_path).with_context(|| {
+            format!(
+                "failed to read {}; is {} a folder written by `ulmfit classify`?",
+                config_path.display(),
+                dir.display()
+            )
+        })?;
+        let config: ClassifierFolderConfig = serde_json::from_str(&text)
+            .with_context(|| format!("invalid classifier config {}", config_path.display()))?;
+        if config.kind != CLASSIFIER_KIND {
+            anyhow::bail!(
+                "{} has kind `{}`, expected `{CLASSIFIER_KIND}`; pass a folder written by `ulmfit classify`",
+                config_path.display(),
+                config.kind
+            );
+        }
+        if config.classes.len() != config.model.n_classes {
+            anyhow::bail!(
+                "{} lists {} classes but the model has {} outputs",
+                config_path.display(),
+                config.classes.len(),
+                config.model.n_classes
+            );
+        }
+        let (vocab, tokenizer) = load_vocab_and_tokenizer(dir)?;
+        if vocab.len() != config.model.encoder.vocab_size {
+            anyhow::bail!(
+                "the vocabulary in {} has {} tokens but the model's embedding has {} rows",
+                dir.display(),
+                vocab.len(),
+                config.model.encoder.vocab_size
+            );
+        }
+        let model = Classifier::load(config.model.clone(), dir.join(WEIGHTS_FILE), &Device::Cpu)
+            .with_context(|| format!("failed to load the classifier in {}", dir.display()))?;
+        Ok(Self {
+            config,
+            model,
+            vocab,
+            tokenizer,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Returns the token ids the model reads for `text`: tokenized, numericalized,
+    /// reversed for a backward model, and `[xxbos]` when the text yields no token.
+    pub fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+        let tokens = self.tokenizer.tokenize(text)?;
+        let mut ids = self.vocab.encode(&tokens);
+        if ids.is_empty() {
+            ids.push(self.vocab.id(BOS));
+        }
+        if self.config.backwards {
+            ids.reverse();
+        }
+        Ok(ids)
+    }
+
+    /// Returns the class probabilities of each text, in input order. Texts are scored
+    /// in batches of up to `batch_size` documents of similar length; the result does not
+    /// depend on the batching.
+    pub fn probabilities(
+        &self,
+        texts: &[&str],
+        batch_size: usize,
+    ) -> anyhow::Result<Vec<Vec<f32>>> {
+        let encoded: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|text| self.encode(text))
+            .collect::<anyhow::Result<_>>()?;
+        self.probabilities_of_ids(&encoded, batch_size)
+    }
+
+    /// Returns the class probabilities of token-id documents, in input order.
+    pub fn probabilities_of_ids(
+        &self,
+        documents: &[Vec<u32>],
+        batch_size: usize,
+    ) -> anyhow::Result<Vec<Vec<f32>>> {
+        score_documents(&self.model, documents, batch_size)
+    }
+}
+
+/// Scores `documents` with `model` in eval mode, longest first in batches of
+/// `batch_size`, and returns the softmax probabilities in input order.
+pub fn score_documents(
+    model: &Classifier,
+    documents: &[Vec<u32>],
+    batch_size: usize,
+) -> anyhow::Result<Vec<Vec<f32>>> {
+    let lengths: Vec<usize> = documents.iter().map(Vec::len).collect();
+    let order = crate::text::batches::sorted_order(&lengths);
+    let mut results: Vec<Vec<f32>> = vec![Vec::new(); documents.len()];
+    for chunk in order.chunks(batch_size.max(1)) {
+        let batch: Vec<&[u32]> = chunk.iter().map(|&i| documents[i].as_slice()).collect();
+        let output = model.predict(&batch)?;
+        let probabilities = softmax(&output.logits)?.to_vec2::<f32>()?;
+        for (&index, row) in chunk.iter().zip(probabilities) {
+            results[index] = row;
+        }
+    }
+    Ok(results)
+}
+
+/// Writes a classifier folder with random weights into `dir`: a word vocabulary of the
+/// special tokens plus `words` (fastai rules), a 3-layer encoder of embedding 8 and
+/// hidden 12, chunks of 8 tokens, and `classes`. For examples and tests, where a
+/// trained model would be too slow to build.
+pub fn write_random_classifier(
+    dir: &Path,
+    words: &[&str],
+    classes: &[&str],
+    seed: u64,
+) -> anyhow::Result<()> {
+    let mut tokens: Vec<String> = crate::text::SPECIAL_TOKENS
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+    tokens.extend(words.iter().map(|w| w.to_string()));
+    let vocab = Vocab::from_tokens(tokens)?;
+    fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    vocab.save(dir, "fastai", VocabKind::Word)?;
+    let mut model = ClassifierConfig::new(vocab.len(), classes.len());
+    model.encoder.embedding_size = 8;
+    model.encoder.hidden_size = 12;
+    model.bptt = 8;
+    model.max_len = 64;
+    let mut rng = crate::rng::Rng::seed(seed);
+    let classifier = Classifier::new(model.clone(), &mut rng, &Device::Cpu)?;
+    let config = ClassifierFolderConfig {
+        kind: CLASSIFIER_KIND.into(),
+        model,
+        classes: classes.iter().map(|c| c.to_string()).collect(),
+        backwards: false,
+    };
+    save_classifier(dir, &config, &classifier, dir)
+}
