@@ -1,6 +1,7 @@
 //! Command-line interface: argument definitions and the code that runs each command.
 //! Results go to stdout; logs, progress bars and errors go to stderr.
 
+mod bench;
 mod corpus;
 mod data;
 mod json;
@@ -44,6 +45,9 @@ pub enum Command {
     Vocab(vocab::VocabCommand),
     /// Tokenize a corpus and write its token ids to a memory-mappable token file.
     Numericalize(numericalize::NumericalizeArgs),
+    /// Measure throughput.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// Sets up `tracing` on stderr: warnings by default, more with `-v`, errors only with
@@ -77,5 +81,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tokenize(args) => tokenize::run(args),
         Command::Vocab(command) => vocab::run(command, progress),
         Command::Numericalize(args) => numericalize::run(args, progress),
+        Command::Bench(command) => bench::run(command),
     }
 }
