@@ -150,6 +150,11 @@ fn print_summary(report: &LmBenchReport) {
             100.0 * train.roofline_fraction,
             report.flops_per_train_token / 1e6
         );
+        if let Some([forward, backward, step]) = train.split_s_median {
+            println!(
+                "train split (median s): forward + loss {forward:.3}, backward {backward:.3}, optimizer {step:.3}"
+            );
+        }
     }
     if let Some(infer) = &report.infer {
         println!(

@@ -322,20 +322,25 @@ fn row_loss<T: DecoderFloat>(
             max = *value;
         }
     }
+    let target_logit = row[target];
     let mut sum = T::zero();
-    for &value in row.iter() {
-        sum += (value - max).exp();
-    }
-    let log_sum = max + sum.ln();
-    let loss = (log_sum - row[target]).to_f64();
     if with_grads {
-        let scale = T::from_f64(scale);
+        // Keep exp(logit - max) in place, so the softmax needs no second exponential.
         for value in row.iter_mut() {
-            *value = (*value - log_sum).exp() * scale;
+            *value = (*value - max).exp();
+            sum += *value;
         }
-        row[target] -= scale;
+        let factor = T::from_f64(scale) / sum;
+        for value in row.iter_mut() {
+            *value *= factor;
+        }
+        row[target] -= T::from_f64(scale);
+    } else {
+        for &value in row.iter() {
+            sum += (value - max).exp();
+        }
     }
-    loss
+    (max + sum.ln() - target_logit).to_f64()
 }
 
 impl candle_core::CustomOp3 for FusedDecoderLoss {

@@ -126,6 +126,9 @@ pub struct PhaseTiming {
     pub batch_s: Vec<f64>,
     /// Fraction of [`REFERENCE_PEAK_FLOPS`] reached by the matrix products.
     pub roofline_fraction: f64,
+    /// Median seconds per batch of the forward pass and loss, the backward pass and the
+    /// optimizer step (training only; inference is all forward).
+    pub split_s_median: Option<[f64; 3]>,
 }
 
 /// Result of [`run_lm_bench`].
@@ -183,6 +186,18 @@ pub fn peak_rss_mb() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// Returns the median of a non-empty list.
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let middle = sorted.len() / 2;
+    if sorted.len() % 2 == 1 {
+        sorted[middle]
+    } else {
+        (sorted[middle - 1] + sorted[middle]) / 2.0
+    }
+}
+
 /// Builds the model and times training and inference as `options` says.
 pub fn run_lm_bench(options: &LmBenchOptions) -> Result<LmBenchReport, BenchError> {
     if options.batches == 0 {
@@ -212,18 +227,13 @@ pub fn run_lm_bench(options: &LmBenchOptions) -> Result<LmBenchReport, BenchErro
     let summarise = |times: Vec<f64>, flops: f64| {
         let total: f64 = times.iter().sum();
         let tokens_per_s = tokens_per_batch * times.len() as f64 / total;
-        let mut sorted = times.clone();
-        sorted.sort_by(f64::total_cmp);
-        let batch_s_median = if sorted.len() % 2 == 1 {
-            sorted[sorted.len() / 2]
-        } else {
-            (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0
-        };
+        let batch_s_median = median(&times);
         PhaseTiming {
             tokens_per_s,
             batch_s_median,
             batch_s: times,
             roofline_fraction: tokens_per_s * flops / REFERENCE_PEAK_FLOPS,
+            split_s_median: None,
         }
     };
 
@@ -251,19 +261,30 @@ pub fn run_lm_bench(options: &LmBenchOptions) -> Result<LmBenchReport, BenchErro
         };
         model.set_track_gradients(true);
         let mut times = Vec::with_capacity(options.batches);
+        let mut splits = [const { Vec::new() }; 3];
         for index in 0..options.warmup + options.batches {
             let (input, targets) = next_batch(&mut rng)?;
             let start = Instant::now();
             let loss = model.forward_loss(&input, &targets, true, &mut rng, alpha, beta)?;
+            let forward_end = Instant::now();
             let store = loss.total.backward()?;
+            drop(loss);
             let grads = optimizer.collect_grads(&store);
             drop(store);
+            let backward_end = Instant::now();
             optimizer.step(&grads, &lrs, 0.9)?;
+            drop(grads);
+            let end = Instant::now();
             if index >= options.warmup {
-                times.push(start.elapsed().as_secs_f64());
+                times.push((end - start).as_secs_f64());
+                splits[0].push((forward_end - start).as_secs_f64());
+                splits[1].push((backward_end - forward_end).as_secs_f64());
+                splits[2].push((end - backward_end).as_secs_f64());
             }
         }
-        train = Some(summarise(times, 3.0 * forward_flops));
+        let mut timing = summarise(times, 3.0 * forward_flops);
+        timing.split_s_median = Some(splits.map(|split| median(&split)));
+        train = Some(timing);
     }
 
     let mut infer = None;
