@@ -225,3 +225,62 @@ fn model_fused_loss_matches_reference_loss_and_gradients() {
         assert!(diff < 1e-6, "parameter {index}: gradients differ by {diff}");
     }
 }
+
+#[test]
+fn fused_lstm_matches_autograd_at_model_like_width() {
+    // Wide enough (4 * 40 gate columns, 8 sequences) that the matrix products split
+    // across threads; the tiny-size tests in the module do not.
+    use ulmfit::kernels::lstm::{lstm_sequence, lstm_sequence_autograd};
+    let (time, batch, hidden) = (5, 8, 40);
+    let mut rng = Rng::seed(41);
+    let mut var = |shape: &[usize], bound: f64| {
+        let count = shape.iter().product();
+        let tensor = Tensor::from_vec(random(&mut rng, count, bound), shape, &Device::Cpu).unwrap();
+        Var::from_tensor(&tensor).unwrap()
+    };
+    let vars = [
+        var(&[time, batch, 4 * hidden], 1.0),
+        var(&[4 * hidden, hidden], 0.3),
+        var(&[batch, hidden], 0.5),
+        var(&[batch, hidden], 0.5),
+    ];
+    let run = |fused: bool| {
+        let [projected, w_hh, h0, c0] = [0, 1, 2, 3].map(|i| vars[i].as_tensor());
+        let output = if fused {
+            lstm_sequence(projected, w_hh, h0, c0).unwrap()
+        } else {
+            lstm_sequence_autograd(projected, w_hh, h0, c0).unwrap()
+        };
+        let weights = Tensor::arange(0.0, (time * batch * hidden) as f64, &Device::Cpu)
+            .unwrap()
+            .affine(1e-3, -0.5)
+            .unwrap()
+            .reshape((time, batch, hidden))
+            .unwrap();
+        let loss = output
+            .outputs
+            .mul(&weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .add(&output.c_last.sum_all().unwrap())
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        let grads: Vec<Vec<f64>> = vars
+            .iter()
+            .map(|v| values(grads.get(v.as_tensor()).unwrap()))
+            .collect();
+        (values(&output.outputs), grads)
+    };
+    let (outputs_fused, grads_fused) = run(true);
+    let (outputs_reference, grads_reference) = run(false);
+    let diff = max_abs_diff(&outputs_fused, &outputs_reference);
+    assert!(diff < 1e-12, "outputs differ by {diff}");
+    for (name, (fused, reference)) in ["projected", "W_hh", "h0", "c0"]
+        .iter()
+        .zip(grads_fused.iter().zip(&grads_reference))
+    {
+        let diff = max_abs_diff(fused, reference);
+        assert!(diff < 1e-11, "{name} gradients differ by {diff}");
+    }
+}

@@ -35,16 +35,28 @@ pub const REFERENCE_PEAK_FLOPS: f64 = 166.4e9;
 pub enum BenchError {
     /// Building or running the model failed.
     #[error(transparent)]
-    Model(#[from] ModelError),
+    Model(Box<ModelError>),
     /// The optimizer failed.
     #[error(transparent)]
-    Train(#[from] TrainError),
+    Train(Box<TrainError>),
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     /// The options are invalid.
     #[error("invalid benchmark options: {0}")]
     Invalid(String),
+}
+
+impl From<ModelError> for BenchError {
+    fn from(error: ModelError) -> Self {
+        Self::Model(Box::new(error))
+    }
+}
+
+impl From<TrainError> for BenchError {
+    fn from(error: TrainError) -> Self {
+        Self::Train(Box::new(error))
+    }
 }
 
 /// Model and batch sizes of a benchmark run.
