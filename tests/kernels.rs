@@ -228,8 +228,8 @@ fn model_fused_loss_matches_reference_loss_and_gradients() {
 
 #[test]
 fn fused_lstm_matches_autograd_at_model_like_width() {
-    // Wide enough (4 * 40 gate columns, 8 sequences) that the matrix products split
-    // across threads; the tiny-size tests in the module do not.
+    // 40 units and 8 sequences: several of gemm's register blocks per product, where the
+    // unit tests inside the kernel module use 3 units and 2 sequences.
     use ulmfit::kernels::lstm::{lstm_sequence, lstm_sequence_autograd};
     let (time, batch, hidden) = (5, 8, 40);
     let mut rng = Rng::seed(41);
@@ -244,6 +244,7 @@ fn fused_lstm_matches_autograd_at_model_like_width() {
         var(&[batch, hidden], 0.5),
         var(&[batch, hidden], 0.5),
     ];
+
     let run = |fused: bool| {
         let [projected, w_hh, h0, c0] = [0, 1, 2, 3].map(|i| vars[i].as_tensor());
         let output = if fused {
@@ -272,6 +273,7 @@ fn fused_lstm_matches_autograd_at_model_like_width() {
             .collect();
         (values(&output.outputs), grads)
     };
+
     let (outputs_fused, grads_fused) = run(true);
     let (outputs_reference, grads_reference) = run(false);
     let diff = max_abs_diff(&outputs_fused, &outputs_reference);

@@ -32,7 +32,7 @@ pub enum PrecisionArg {
     Bf16,
 }
 
-/// Which phases `bench lm` times.
+/// Phases that `bench lm` times.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ModeArg {
     /// Training steps only.
@@ -98,6 +98,7 @@ fn run_lm(args: LmArgs) -> anyhow::Result<()> {
     if args.batches == 0 {
         bail!("--batches must be at least 1");
     }
+
     // Candle sizes its matrix-product thread pool from RAYON_NUM_THREADS; keep it equal
     // to the rayon pool that `--threads` set up.
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
@@ -106,6 +107,7 @@ fn run_lm(args: LmArgs) -> anyhow::Result<()> {
             rayon::current_num_threads().to_string(),
         );
     }
+
     let preset = match args.preset {
         PresetArg::Small => LmPreset::Small,
         PresetArg::Wt103 => LmPreset::Wt103,
@@ -118,6 +120,7 @@ fn run_lm(args: LmArgs) -> anyhow::Result<()> {
     options.rnn_reg = args.rnn_reg;
     options.fused_loss = !args.unfused_loss;
     options.seed = args.seed;
+
     let report = run_lm_bench(&options)?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

@@ -210,7 +210,7 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
-/// Builds the model and times training and inference as `options` says.
+/// Builds the model and times training and inference as `options` selects.
 pub fn run_lm_bench(options: &LmBenchOptions) -> Result<LmBenchReport, BenchError> {
     if options.batches == 0 {
         return Err(BenchError::Invalid(
