@@ -2,6 +2,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc reuses freed pages instead of returning them to the kernel, which spares
+/// the page faults and zeroing that glibc's malloc causes on large tensors.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = ulmfit::cli::Cli::parse();
     ulmfit::cli::init_logging(cli.verbose, cli.quiet);

@@ -1,6 +1,7 @@
 //! Command-line interface: argument definitions and the code that runs each command.
 //! Results go to stdout; logs, progress bars and errors go to stderr.
 
+mod bench;
 mod classify;
 mod corpus;
 mod data;
@@ -70,6 +71,9 @@ pub enum Command {
     Classify(classify::ClassifyArgs),
     /// Score texts with classifier folders and print labels and class probabilities.
     Predict(predict::PredictArgs),
+    /// Measure throughput.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// Sets up `tracing` on stderr: summaries and warnings by default, more with `-v`,
@@ -129,6 +133,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::LmFinetune(args) => lm_finetune::run(args, progress),
         Command::Classify(args) => classify::run(args, progress),
         Command::Predict(args) => predict::run(args),
+        Command::Bench(command) => bench::run(command),
     }
 }
 

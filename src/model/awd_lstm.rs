@@ -59,27 +59,45 @@ impl LmOutput {
     /// regularisation). fastai adds the two terms in training only: pass 0 for eval.
     pub fn loss(&self, targets: &Tensor, ar_alpha: f64, tar_beta: f64) -> Result<LmLoss> {
         let cross_entropy = self.cross_entropy(targets)?;
-        let mut total = cross_entropy.clone();
-        if ar_alpha != 0.0 {
-            let ar = self.last_dropped.sqr()?.mean_all()?.affine(ar_alpha, 0.0)?;
-            total = total.add(&ar)?;
-        }
-        let time = self.last_raw.dims()[1];
-        if tar_beta != 0.0 && time > 1 {
-            let later = self.last_raw.narrow(1, 1, time - 1)?;
-            let earlier = self.last_raw.narrow(1, 0, time - 1)?;
-            let tar = later
-                .sub(&earlier)?
-                .sqr()?
-                .mean_all()?
-                .affine(tar_beta, 0.0)?;
-            total = total.add(&tar)?;
-        }
-        Ok(LmLoss {
-            total,
+        regularised_loss(
             cross_entropy,
-        })
+            &self.last_raw,
+            &self.last_dropped,
+            ar_alpha,
+            tar_beta,
+        )
     }
+}
+
+/// Adds the AR term on `last_dropped` and the TAR term on `last_raw` (both
+/// `[batch, time, embedding]`) to `cross_entropy`.
+fn regularised_loss(
+    cross_entropy: Tensor,
+    last_raw: &Tensor,
+    last_dropped: &Tensor,
+    ar_alpha: f64,
+    tar_beta: f64,
+) -> Result<LmLoss> {
+    let mut total = cross_entropy.clone();
+    if ar_alpha != 0.0 {
+        let ar = last_dropped.sqr()?.mean_all()?.affine(ar_alpha, 0.0)?;
+        total = total.add(&ar)?;
+    }
+    let time = last_raw.dims()[1];
+    if tar_beta != 0.0 && time > 1 {
+        let later = last_raw.narrow(1, 1, time - 1)?;
+        let earlier = last_raw.narrow(1, 0, time - 1)?;
+        let tar = later
+            .sub(&earlier)?
+            .sqr()?
+            .mean_all()?
+            .affine(tar_beta, 0.0)?;
+        total = total.add(&tar)?;
+    }
+    Ok(LmLoss {
+        total,
+        cross_entropy,
+    })
 }
 
 /// An AWD-LSTM language model whose hidden state carries over between calls.
@@ -94,6 +112,15 @@ pub struct LanguageModel {
     /// `(h, c)` per layer, each `[batch, layer output]`, detached from earlier graphs.
     hidden: Option<Vec<(Tensor, Tensor)>>,
     track_gradients: bool,
+    fused_loss: bool,
+}
+
+/// The last layer's output and the decoder parameters, before the decoder runs.
+struct Encoded {
+    last_raw: Tensor,
+    last_dropped: Tensor,
+    decoder_weight: Tensor,
+    decoder_bias: Option<Tensor>,
 }
 
 impl LanguageModel {
@@ -133,6 +160,7 @@ impl LanguageModel {
             decoder_bias,
             hidden: None,
             track_gradients: true,
+            fused_loss: true,
         })
     }
 
@@ -229,6 +257,7 @@ impl LanguageModel {
             decoder_bias,
             hidden: None,
             track_gradients: true,
+            fused_loss: true,
         })
     }
 
@@ -342,6 +371,13 @@ impl LanguageModel {
         self.track_gradients = track;
     }
 
+    /// Sets whether [`Self::forward_loss`] computes the cross-entropy with the fused
+    /// decoder kernel ([`crate::kernels::decoder`], the default), which never holds all
+    /// logits at once, or from full logits with stock operations (the reference).
+    pub fn set_fused_loss(&mut self, fused: bool) {
+        self.fused_loss = fused;
+    }
+
     /// Zeroes the hidden state, as before a new text or epoch.
     pub fn reset(&mut self) {
         self.hidden = None;
@@ -428,6 +464,69 @@ impl LanguageModel {
     /// mask, and last the output mask. Without `train`, no dropout is applied and `rng`
     /// is not used.
     pub fn forward(&mut self, input: &Tensor, train: bool, rng: &mut Rng) -> Result<LmOutput> {
+        let encoded = self.encode(input, train, rng)?;
+        let (batch, time, embedding) = encoded.last_dropped.dims3()?;
+        let vocab = self.config.vocab_size;
+        let mut logits = encoded
+            .last_dropped
+            .reshape((batch * time, embedding))?
+            .matmul(&encoded.decoder_weight.t()?)?;
+        if let Some(bias) = &encoded.decoder_bias {
+            logits = logits.broadcast_add(bias)?;
+        }
+        Ok(LmOutput {
+            logits: logits.reshape((batch, time, vocab))?,
+            last_raw: encoded.last_raw,
+            last_dropped: encoded.last_dropped,
+        })
+    }
+
+    /// Runs [`Self::forward`] and returns fastai's language-model loss against `targets`
+    /// (`[batch, time]` u32), as [`LmOutput::loss`] does, without returning the logits.
+    /// Unless [`Self::set_fused_loss`] turned it off, the cross-entropy comes from the
+    /// fused decoder kernel, so the `[batch * time, vocab]` logits and their gradient
+    /// are never held whole. Draws from `rng` exactly as [`Self::forward`].
+    pub fn forward_loss(
+        &mut self,
+        input: &Tensor,
+        targets: &Tensor,
+        train: bool,
+        rng: &mut Rng,
+        ar_alpha: f64,
+        tar_beta: f64,
+    ) -> Result<LmLoss> {
+        if !self.fused_loss {
+            return self
+                .forward(input, train, rng)?
+                .loss(targets, ar_alpha, tar_beta);
+        }
+        let (batch, time) = self.check_input(input)?;
+        if targets.dims() != [batch, time] {
+            return Err(ModelError::InvalidInput(format!(
+                "targets have shape {:?}, expected [{batch}, {time}] like the input",
+                targets.dims()
+            )));
+        }
+        let encoded = self.encode(input, train, rng)?;
+        let embedding = self.config.embedding_size;
+        let hidden = encoded.last_dropped.reshape((batch * time, embedding))?;
+        let cross_entropy = crate::kernels::decoder::decoder_cross_entropy(
+            &hidden,
+            &encoded.decoder_weight,
+            encoded.decoder_bias.as_ref(),
+            &targets.flatten_all()?,
+        )?;
+        regularised_loss(
+            cross_entropy,
+            &encoded.last_raw,
+            &encoded.last_dropped,
+            ar_alpha,
+            tar_beta,
+        )
+    }
+
+    /// Runs the embedding and the LSTM stack; stores the new hidden state.
+    fn encode(&mut self, input: &Tensor, train: bool, rng: &mut Rng) -> Result<Encoded> {
         let (batch, time) = self.check_input(input)?;
         let device = self.encoder.device().clone();
         let dtype = self.encoder.dtype();
@@ -488,16 +587,11 @@ impl LanguageModel {
             Some(weight) => self.param(weight),
             None => encoder,
         };
-        let mut logits = last_dropped
-            .reshape((batch * time, embedding))?
-            .matmul(&decoder_weight.t()?)?;
-        if let Some(bias) = &self.decoder_bias {
-            logits = logits.broadcast_add(&self.param(bias))?;
-        }
-        Ok(LmOutput {
-            logits: logits.reshape((batch, time, vocab))?,
+        Ok(Encoded {
             last_raw,
             last_dropped,
+            decoder_weight,
+            decoder_bias: self.decoder_bias.as_ref().map(|bias| self.param(bias)),
         })
     }
 

@@ -1,6 +1,7 @@
 //! The ULMFiT stages built from the text pipeline, the model and the trainer, and the
 //! model folders they exchange.
 
+pub mod bench;
 pub mod classify;
 pub mod evaluate;
 pub mod fastai_import;
