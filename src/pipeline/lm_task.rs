@@ -269,8 +269,14 @@ impl TrainTask for LmTask {
     fn train_step(&mut self, batch: LmBatch, rng: &mut Rng) -> anyhow::Result<Tensor> {
         let x = Tensor::from_vec(batch.x, (batch.batch_size, batch.seq_len), &self.device)?;
         let y = Tensor::from_vec(batch.y, (batch.batch_size, batch.seq_len), &self.device)?;
-        let output = self.model.forward(&x, true, rng)?;
-        let loss = output.loss(&y, self.settings.ar_alpha, self.settings.tar_beta)?;
+        let loss = self.model.forward_loss(
+            &x,
+            &y,
+            true,
+            rng,
+            self.settings.ar_alpha,
+            self.settings.tar_beta,
+        )?;
         Ok(loss.total)
     }
 
