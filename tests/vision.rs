@@ -54,7 +54,17 @@ fn batch(dir: &std::path::Path, names: &[&str]) -> Tensor {
 /// Returns the RGB values at row `y`, column `x` of a `[3, h, w]` image tensor.
 fn pixel(image: &Tensor, y: usize, x: usize) -> Vec<f32> {
     (0..3)
-        .map(|c| image.get(c).unwrap().get(y).unwrap().get(x).unwrap().to_scalar::<f32>().unwrap())
+        .map(|c| {
+            image
+                .get(c)
+                .unwrap()
+                .get(y)
+                .unwrap()
+                .get(x)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        })
         .collect()
 }
 
@@ -65,8 +75,18 @@ fn resized_inputs_match_reference() {
     };
     // (file, sum of all values, pixel at row 0 col 0, pixel at row 100 col 150)
     let cases = [
-        ("cat.bmp", 17_038_579.0, [223.0, 124.0, 82.0], [158.0, 102.0, 76.0]),
-        ("grace_hopper.bmp", 12_051_063.0, [21.0, 26.0, 82.0], [120.0, 45.0, 32.0]),
+        (
+            "cat.bmp",
+            17_038_579.0,
+            [223.0, 124.0, 82.0],
+            [158.0, 102.0, 76.0],
+        ),
+        (
+            "grace_hopper.bmp",
+            12_051_063.0,
+            [21.0, 26.0, 82.0],
+            [120.0, 45.0, 32.0],
+        ),
     ];
     for (name, sum, corner, inner) in cases {
         let image = load_image(dir.join(name), 224).unwrap();
@@ -90,7 +110,13 @@ fn v2_model_structure() {
         return;
     };
     let model = Model::load(dir.join("mobilenet_v2_1.0_224_quant.tflite")).unwrap();
-    let count = |name: &str| model.operators.iter().filter(|op| op.kind.name() == name).count();
+    let count = |name: &str| {
+        model
+            .operators
+            .iter()
+            .filter(|op| op.kind.name() == name)
+            .count()
+    };
     assert_eq!(count("CONV_2D"), 36);
     assert_eq!(count("DEPTHWISE_CONV_2D"), 17);
     assert_eq!(count("ADD"), 10);
@@ -147,7 +173,10 @@ fn v2_top1_matches_reference() {
             assert!(top5.contains(class), "class {class} missing from {top5:?}");
         }
         let shared = reference_top5.iter().filter(|c| top5.contains(c)).count();
-        assert!(shared >= 3, "top-5 {top5:?} vs reference {reference_top5:?}");
+        assert!(
+            shared >= 3,
+            "top-5 {top5:?} vs reference {reference_top5:?}"
+        );
     }
 }
 
@@ -156,13 +185,30 @@ fn v1_embeddings_differ_between_images() {
     let Some(dir) = model_dir("v1_embeddings_differ_between_images") else {
         return;
     };
-    let model = Model::load(dir.join("mobilenet_v1_1.0_224_quant_embedding_extractor.tflite")).unwrap();
+    let model =
+        Model::load(dir.join("mobilenet_v1_1.0_224_quant_embedding_extractor.tflite")).unwrap();
     let net = MobileNet::from_tflite(&model, &Device::Cpu).unwrap();
-    let embeddings = net.forward(&batch(&dir, &["cat.bmp", "grace_hopper.bmp"])).unwrap();
+    let embeddings = net
+        .forward(&batch(&dir, &["cat.bmp", "grace_hopper.bmp"]))
+        .unwrap();
     assert_eq!(embeddings.dims(), &[2, 1024]);
     let rows = embeddings.to_vec2::<f32>().unwrap();
-    let distance: f32 = rows[0].iter().zip(&rows[1]).map(|(a, b)| (a - b).abs()).sum();
+    let distance: f32 = rows[0]
+        .iter()
+        .zip(&rows[1])
+        .map(|(a, b)| (a - b).abs())
+        .sum();
     assert!(distance > 100.0, "L1 distance {distance}");
+    // Reference (uint8 output times its scale 0.023528) for cat: 1.7176, 0.4000, 0.2823,
+    // 0.0941, 3.2469. Float execution stays within about 4 quantization steps.
+    let reference = [1.7176f32, 0.4000, 0.2823, 0.0941, 3.2469];
+    for (i, (ours, expected)) in rows[0].iter().zip(reference).enumerate() {
+        eprintln!("embedding[{i}] {ours} vs {expected}");
+        assert!(
+            (ours - expected).abs() < 0.1,
+            "embedding[{i}] = {ours}, reference {expected}"
+        );
+    }
     let features = net.features(&batch(&dir, &["cat.bmp"])).unwrap();
     assert_eq!(features.dims(), &[1, 1024]);
 }

@@ -56,8 +56,9 @@ impl<'a> Table<'a> {
 
     fn at(buf: &'a [u8], pos: usize) -> Result<Self> {
         let soffset = i32::from_le_bytes(read_array::<4>(buf, pos)?) as i64;
-        let vtable = usize::try_from(pos as i64 - soffset)
-            .map_err(|_| FormatError(format!("vtable of the table at {pos} is before the buffer")))?;
+        let vtable = usize::try_from(pos as i64 - soffset).map_err(|_| {
+            FormatError(format!("vtable of the table at {pos} is before the buffer"))
+        })?;
         let vtable_len = read_u16(buf, vtable)? as usize;
         if vtable_len < 4 || vtable + vtable_len > buf.len() {
             return Err(FormatError(format!(
@@ -213,7 +214,7 @@ mod tests {
     fn sample() -> Vec<u8> {
         let mut buf = Vec::new();
         buf.extend_from_slice(&12u32.to_le_bytes()); // 0: root offset -> table at 12
-        // 4: vtable: len 8, table len 12, slot0 at +4, slot1 at +8
+                                                     // 4: vtable: len 8, table len 12, slot0 at +4, slot1 at +8
         for v in [8u16, 12, 4, 8] {
             buf.extend_from_slice(&v.to_le_bytes());
         }

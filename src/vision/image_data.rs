@@ -74,9 +74,13 @@ pub fn load_image(path: impl AsRef<Path>, size: usize) -> Result<Tensor> {
     let side = u32::try_from(size)
         .ok()
         .filter(|&side| side > 0)
-        .ok_or_else(|| VisionError::Unsupported(format!("image size {size} must be in 1..=u32::MAX")))?;
+        .ok_or_else(|| {
+            VisionError::Unsupported(format!("image size {size} must be in 1..=u32::MAX"))
+        })?;
     if image.width() == 0 || image.height() == 0 {
-        return Err(VisionError::InvalidGraph(format!("image {} is empty", path.display())));
+        return Err(VisionError::EmptyImage {
+            path: path.to_path_buf(),
+        });
     }
     to_tensor(&resize_bilinear(&image, side, side), &Device::Cpu)
 }

@@ -49,7 +49,6 @@ struct Step {
 pub struct MobileNet {
     steps: Vec<Step>,
     input: usize,
-    output: usize,
     tensor_count: usize,
     /// Input height and width from the model's input tensor `[1, height, width, 3]`.
     input_size: (usize, usize),
@@ -85,7 +84,10 @@ impl MobileNet {
             }
         };
         let (input_zero_point, input_scale) = match &input_info.quantization {
-            Some(q) => (q.zero_point.first().copied().unwrap_or(0) as f32, q.scale[0]),
+            Some(q) => (
+                q.zero_point.first().copied().unwrap_or(0) as f32,
+                q.scale[0],
+            ),
             // Float MobileNets take inputs in [-1, 1].
             None => (127.5, 1.0 / 127.5),
         };
@@ -107,16 +109,15 @@ impl MobileNet {
             available[step.output] = true;
             steps.push(step);
         }
-        if !available[output] {
-            return Err(VisionError::InvalidGraph(format!(
-                "no operator writes the graph output {}",
+        if steps.last().map(|step| step.output) != Some(output) {
+            return Err(VisionError::Unsupported(format!(
+                "the last operator does not write the graph output {}",
                 model.tensors[output].name
             )));
         }
         Ok(Self {
             steps,
             input,
-            output,
             tensor_count: model.tensors.len(),
             input_size,
             input_zero_point,
@@ -140,15 +141,11 @@ impl MobileNet {
     /// 0..=255. Returns `[batch, outputs]` (class probabilities for a classifier that
     /// ends in SOFTMAX, embeddings for a feature extractor).
     pub fn forward(&self, images: &Tensor) -> Result<Tensor> {
-        let last = self.steps.len().checked_sub(1).ok_or_else(|| {
-            VisionError::InvalidGraph("the graph has no operators".to_string())
-        })?;
+        let last =
+            self.steps.len().checked_sub(1).ok_or_else(|| {
+                VisionError::InvalidGraph("the graph has no operators".to_string())
+            })?;
         let out = self.run(images, last)?;
-        if self.steps[last].output != self.output {
-            return Err(VisionError::Unsupported(
-                "the last operator does not write the graph output".to_string(),
-            ));
-        }
         flatten_nhwc(&out)
     }
 
@@ -172,7 +169,9 @@ impl MobileNet {
             .iter()
             .rposition(|step| matches!(step.kind, StepKind::AveragePool { .. }))
             .ok_or_else(|| {
-                VisionError::Unsupported("the graph has no AVERAGE_POOL_2D to take features from".to_string())
+                VisionError::Unsupported(
+                    "the graph has no AVERAGE_POOL_2D to take features from".to_string(),
+                )
             })?;
         flatten_nhwc(&self.run(images, pool)?)
     }
@@ -189,7 +188,8 @@ impl MobileNet {
             }
         }
         let mut values: Vec<Option<Tensor>> = vec![None; self.tensor_count];
-        let normalized = ((images - f64::from(self.input_zero_point))? * f64::from(self.input_scale))?;
+        let normalized =
+            ((images - f64::from(self.input_zero_point))? * f64::from(self.input_scale))?;
         values[self.input] = Some(normalized);
         for step in &self.steps[..=last] {
             let inputs = step
@@ -197,7 +197,9 @@ impl MobileNet {
                 .iter()
                 .map(|&i| {
                     values[i].as_ref().ok_or_else(|| {
-                        VisionError::InvalidGraph(format!("tensor {i} is read before it is written"))
+                        VisionError::InvalidGraph(format!(
+                            "tensor {i} is read before it is written"
+                        ))
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -235,27 +237,55 @@ impl MobileNet {
 fn build_step(model: &Model, index: usize, device: &Device) -> Result<Step> {
     let operator = &model.operators[index];
     let input = |position: usize| -> Result<usize> {
-        operator.inputs.get(position).copied().flatten().ok_or_else(|| {
-            VisionError::InvalidGraph(format!(
-                "operator {index} ({}) has no input {position}",
-                operator.kind.name()
-            ))
-        })
+        operator
+            .inputs
+            .get(position)
+            .copied()
+            .flatten()
+            .ok_or_else(|| {
+                VisionError::InvalidGraph(format!(
+                    "operator {index} ({}) has no input {position}",
+                    operator.kind.name()
+                ))
+            })
     };
     let output = *operator.outputs.first().ok_or_else(|| {
-        VisionError::InvalidGraph(format!("operator {index} ({}) has no output", operator.kind.name()))
+        VisionError::InvalidGraph(format!(
+            "operator {index} ({}) has no output",
+            operator.kind.name()
+        ))
     })?;
     let output_info = model.tensor(output)?;
     let (kind, inputs, activation) = match &operator.kind {
         OperatorKind::Conv2d { window, activation } => {
-            let conv = build_conv(model, input(0)?, input(1)?, operator.inputs.get(2).copied().flatten(), *window, false, device)?;
+            let conv = build_conv(
+                model,
+                input(0)?,
+                input(1)?,
+                operator.inputs.get(2).copied().flatten(),
+                *window,
+                false,
+                device,
+            )?;
             (StepKind::Conv(conv), vec![input(0)?], *activation)
         }
-        OperatorKind::DepthwiseConv2d { window, activation, .. } => {
-            let conv = build_conv(model, input(0)?, input(1)?, operator.inputs.get(2).copied().flatten(), *window, true, device)?;
+        OperatorKind::DepthwiseConv2d {
+            window, activation, ..
+        } => {
+            let conv = build_conv(
+                model,
+                input(0)?,
+                input(1)?,
+                operator.inputs.get(2).copied().flatten(),
+                *window,
+                true,
+                device,
+            )?;
             (StepKind::Conv(conv), vec![input(0)?], *activation)
         }
-        OperatorKind::Add { activation } => (StepKind::Add, vec![input(0)?, input(1)?], *activation),
+        OperatorKind::Add { activation } => {
+            (StepKind::Add, vec![input(0)?, input(1)?], *activation)
+        }
         OperatorKind::AveragePool2d {
             window,
             filter_h,
@@ -274,7 +304,9 @@ fn build_step(model: &Model, index: usize, device: &Device) -> Result<Step> {
             let shape = output_info.shape.get(1..).unwrap_or_default().to_vec();
             (StepKind::Reshape(shape), vec![input(0)?], Activation::None)
         }
-        OperatorKind::Softmax { beta } => (StepKind::Softmax(*beta), vec![input(0)?], Activation::None),
+        OperatorKind::Softmax { beta } => {
+            (StepKind::Softmax(*beta), vec![input(0)?], Activation::None)
+        }
     };
     if activation == Activation::SignBit {
         return Err(VisionError::Unsupported(format!(
@@ -324,9 +356,16 @@ fn build_conv(
     let (weight, groups, out_channels) = if depthwise {
         // [1, kh, kw, channels * multiplier] -> [channels * multiplier, 1, kh, kw]
         let input_channels = *model.tensor(input)?.shape.get(3).ok_or_else(|| {
-            VisionError::InvalidGraph(format!("input of depthwise weights {} is not 4-D", info.name))
+            VisionError::InvalidGraph(format!(
+                "input of depthwise weights {} is not 4-D",
+                info.name
+            ))
         })?;
-        (values.permute((3, 0, 1, 2))?.contiguous()?, input_channels, d3)
+        (
+            values.permute((3, 0, 1, 2))?.contiguous()?,
+            input_channels,
+            d3,
+        )
     } else {
         // [out, kh, kw, in] -> [out, in, kh, kw]
         (values.permute((0, 3, 1, 2))?.contiguous()?, 1, d0)
@@ -357,7 +396,13 @@ fn build_conv(
 /// Returns `(padding_before, padding_after)` for one spatial dimension, as TensorFlow
 /// computes it: SAME gives `ceil(size / stride)` outputs and puts the odd padding cell
 /// after (bottom or right).
-fn padding_amounts(padding: Padding, size: usize, kernel: usize, stride: usize, dilation: usize) -> (usize, usize) {
+fn padding_amounts(
+    padding: Padding,
+    size: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+) -> (usize, usize) {
     match padding {
         Padding::Valid => (0, 0),
         Padding::Same => {
@@ -378,10 +423,30 @@ fn run_conv(conv: &Conv, x: &Tensor) -> Result<Tensor> {
         )));
     }
     let (_, _, height, width) = x.dims4()?;
-    let (top, bottom) = padding_amounts(window.padding, height, conv.kernel.0, window.stride_h, window.dilation_h);
-    let (left, right) = padding_amounts(window.padding, width, conv.kernel.1, window.stride_w, window.dilation_w);
-    let padded = x.pad_with_zeros(2, top, bottom)?.pad_with_zeros(3, left, right)?;
-    let out = padded.conv2d(&conv.weight, 0, window.stride_h, window.dilation_h, conv.groups)?;
+    let (top, bottom) = padding_amounts(
+        window.padding,
+        height,
+        conv.kernel.0,
+        window.stride_h,
+        window.dilation_h,
+    );
+    let (left, right) = padding_amounts(
+        window.padding,
+        width,
+        conv.kernel.1,
+        window.stride_w,
+        window.dilation_w,
+    );
+    let padded = x
+        .pad_with_zeros(2, top, bottom)?
+        .pad_with_zeros(3, left, right)?;
+    let out = padded.conv2d(
+        &conv.weight,
+        0,
+        window.stride_h,
+        window.dilation_h,
+        conv.groups,
+    )?;
     match &conv.bias {
         Some(bias) => Ok(out.broadcast_add(bias)?),
         None => Ok(out),
@@ -436,7 +501,9 @@ fn apply_activation(x: Tensor, activation: Activation) -> Result<Tensor> {
         Activation::ReluN1To1 => x.clamp(-1f32, 1f32)?,
         Activation::Tanh => x.tanh()?,
         Activation::SignBit => {
-            return Err(VisionError::Unsupported("the SIGN_BIT activation".to_string()))
+            return Err(VisionError::Unsupported(
+                "the SIGN_BIT activation".to_string(),
+            ))
         }
     })
 }

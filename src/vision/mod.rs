@@ -45,6 +45,9 @@ pub enum VisionError {
         path: PathBuf,
         source: image::ImageError,
     },
+    /// An image has zero width or height.
+    #[error("image {path} has no pixels")]
+    EmptyImage { path: PathBuf },
     /// A Candle tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

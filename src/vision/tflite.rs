@@ -9,6 +9,7 @@ use super::{Result, VisionError};
 
 /// Builtin operator names by code, from the `BuiltinOperator` enum of the TensorFlow
 /// Lite schema (codes 0 to 102).
+#[rustfmt::skip]
 const BUILTIN_NAMES: [&str; 103] = [
     "ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D",
     "DEPTH_TO_SPACE", "DEQUANTIZE", "EMBEDDING_LOOKUP", "FLOOR", "FULLY_CONNECTED",
@@ -240,14 +241,11 @@ impl Model {
 
     fn check_indices(&self) -> Result<()> {
         let tensor_count = self.tensors.len();
-        let tensor_refs = self
-            .inputs
-            .iter()
-            .chain(&self.outputs)
-            .copied()
-            .chain(self.operators.iter().flat_map(|op| {
-                op.inputs.iter().flatten().chain(&op.outputs).copied()
-            }));
+        let tensor_refs = self.inputs.iter().chain(&self.outputs).copied().chain(
+            self.operators
+                .iter()
+                .flat_map(|op| op.inputs.iter().flatten().chain(&op.outputs).copied()),
+        );
         for index in tensor_refs {
             if index >= tensor_count {
                 return Err(VisionError::InvalidModel {
@@ -308,8 +306,7 @@ impl Model {
             .ok_or_else(|| {
                 VisionError::InvalidGraph(format!(
                     "int32 bias {} has float weights {}",
-                    info.name,
-                    self.tensors[weights].name
+                    info.name, self.tensors[weights].name
                 ))
             })?;
         let scales: Vec<f32> = weight_scales.iter().map(|s| s * input_scale).collect();
@@ -338,7 +335,12 @@ impl Model {
         })
     }
 
-    fn dequantize_with(&self, tensor: usize, scales: &[f32], zero_points: &[i64]) -> Result<Vec<f32>> {
+    fn dequantize_with(
+        &self,
+        tensor: usize,
+        scales: &[f32],
+        zero_points: &[i64],
+    ) -> Result<Vec<f32>> {
         let info = self.tensor(tensor)?;
         let data = self.tensor_data(tensor);
         let count: usize = info.shape.iter().product();
@@ -348,8 +350,14 @@ impl Model {
             }
             TensorType::UInt8 => data.iter().map(|&q| f64::from(q)).collect(),
             TensorType::Int8 => data.iter().map(|&q| f64::from(q as i8)).collect(),
-            TensorType::Int32 => decode(data, i32::from_le_bytes).into_iter().map(f64::from).collect(),
-            TensorType::Int16 => decode(data, i16::from_le_bytes).into_iter().map(f64::from).collect(),
+            TensorType::Int32 => decode(data, i32::from_le_bytes)
+                .into_iter()
+                .map(f64::from)
+                .collect(),
+            TensorType::Int16 => decode(data, i16::from_le_bytes)
+                .into_iter()
+                .map(f64::from)
+                .collect(),
             other => {
                 return Err(VisionError::Unsupported(format!(
                     "tensor {} has type {other:?}, which cannot be dequantized",
@@ -363,7 +371,10 @@ impl Model {
                 info.name
             )));
         }
-        let axis = info.quantization.as_ref().map_or(0, |q| q.quantized_dimension);
+        let axis = info
+            .quantization
+            .as_ref()
+            .map_or(0, |q| q.quantized_dimension);
         // Elements per step of the quantized axis, for per-channel scales.
         let inner: usize = info.shape.iter().skip(axis + 1).product();
         let channels = info.shape.get(axis).copied().unwrap_or(1);
@@ -371,9 +382,17 @@ impl Model {
             .iter()
             .enumerate()
             .map(|(i, &q)| {
-                let channel = if scales.len() == 1 { 0 } else { (i / inner.max(1)) % channels.max(1) };
+                let channel = if scales.len() == 1 {
+                    0
+                } else {
+                    (i / inner.max(1)) % channels.max(1)
+                };
                 let scale = scales[channel.min(scales.len() - 1)];
-                let zero_point = zero_points.get(channel).or(zero_points.first()).copied().unwrap_or(0);
+                let zero_point = zero_points
+                    .get(channel)
+                    .or(zero_points.first())
+                    .copied()
+                    .unwrap_or(0);
                 ((q - zero_point as f64) * f64::from(scale)) as f32
             })
             .collect();
@@ -469,7 +488,11 @@ fn parse(bytes: &[u8]) -> ParseResult<ParsedGraph> {
         None => Vec::new(),
     };
     let index_list = |slot: usize, what: &str| -> ParseResult<Vec<usize>> {
-        let values = graph.vector(slot)?.map(|v| v.i32s()).transpose()?.unwrap_or_default();
+        let values = graph
+            .vector(slot)?
+            .map(|v| v.i32s())
+            .transpose()?
+            .unwrap_or_default();
         values.into_iter().map(|v| to_index(v, what)).collect()
     };
     let inputs = index_list(1, "subgraph input")?;
@@ -508,7 +531,12 @@ fn parse_buffer(bytes: &[u8], buffer: Table<'_>) -> ParseResult<Vec<u8>> {
         .zip(usize::try_from(size).ok())
         .and_then(|(start, size)| bytes.get(start..start.checked_add(size)?))
         .map(<[u8]>::to_vec)
-        .ok_or_else(|| FormatError(format!("buffer at offset {offset} with {size} bytes runs past the file")).into())
+        .ok_or_else(|| {
+            FormatError(format!(
+                "buffer at offset {offset} with {size} bytes runs past the file"
+            ))
+            .into()
+        })
 }
 
 fn parse_tensor(tensor: Table<'_>) -> ParseResult<TensorInfo> {
@@ -523,8 +551,16 @@ fn parse_tensor(tensor: Table<'_>) -> ParseResult<TensorInfo> {
         .collect::<ParseResult<Vec<_>>>()?;
     let quantization = match tensor.table(4)? {
         Some(q) => {
-            let scale = q.vector(2)?.map(|v| v.f32s()).transpose()?.unwrap_or_default();
-            let zero_point = q.vector(3)?.map(|v| v.i64s()).transpose()?.unwrap_or_default();
+            let scale = q
+                .vector(2)?
+                .map(|v| v.f32s())
+                .transpose()?
+                .unwrap_or_default();
+            let zero_point = q
+                .vector(3)?
+                .map(|v| v.i64s())
+                .transpose()?
+                .unwrap_or_default();
             let quantized_dimension = to_index(q.i32(6, 0)?, "quantized dimension")?;
             (!scale.is_empty()).then_some(Quantization {
                 scale,
@@ -560,14 +596,28 @@ fn parse_operator(
         CODE_CONV_2D => {
             let o = options.ok_or_else(|| missing("Conv2DOptions"))?;
             OperatorKind::Conv2d {
-                window: window(index, o.i8(0, 0)?, o.i32(2, 0)?, o.i32(1, 0)?, o.i32(5, 1)?, o.i32(4, 1)?)?,
+                window: window(
+                    index,
+                    o.i8(0, 0)?,
+                    o.i32(2, 0)?,
+                    o.i32(1, 0)?,
+                    o.i32(5, 1)?,
+                    o.i32(4, 1)?,
+                )?,
                 activation: activation(index, o.i8(3, 0)?)?,
             }
         }
         CODE_DEPTHWISE_CONV_2D => {
             let o = options.ok_or_else(|| missing("DepthwiseConv2DOptions"))?;
             OperatorKind::DepthwiseConv2d {
-                window: window(index, o.i8(0, 0)?, o.i32(2, 0)?, o.i32(1, 0)?, o.i32(6, 1)?, o.i32(5, 1)?)?,
+                window: window(
+                    index,
+                    o.i8(0, 0)?,
+                    o.i32(2, 0)?,
+                    o.i32(1, 0)?,
+                    o.i32(6, 1)?,
+                    o.i32(5, 1)?,
+                )?,
                 depth_multiplier: to_index(o.i32(3, 1)?, "depth multiplier")?.max(1),
                 activation: activation(index, o.i8(4, 0)?)?,
             }
@@ -589,7 +639,11 @@ fn parse_operator(
         },
         CODE_RESHAPE => OperatorKind::Reshape {
             new_shape: match options {
-                Some(o) => o.vector(0)?.map(|v| v.i32s()).transpose()?.unwrap_or_default(),
+                Some(o) => o
+                    .vector(0)?
+                    .map(|v| v.i32s())
+                    .transpose()?
+                    .unwrap_or_default(),
                 None => Vec::new(),
             },
         },
@@ -617,7 +671,13 @@ fn parse_operator(
         .transpose()?
         .unwrap_or_default()
         .into_iter()
-        .map(|i| if i < 0 { Ok(None) } else { to_index(i, "operator input").map(Some) })
+        .map(|i| {
+            if i < 0 {
+                Ok(None)
+            } else {
+                to_index(i, "operator input").map(Some)
+            }
+        })
         .collect::<ParseResult<Vec<_>>>()?;
     let outputs = operator
         .vector(2)?
@@ -646,13 +706,18 @@ fn window(
         0 => Padding::Same,
         1 => Padding::Valid,
         other => {
-            return Err(FormatError(format!("operator {index} has unknown padding code {other}")).into())
+            return Err(
+                FormatError(format!("operator {index} has unknown padding code {other}")).into(),
+            )
         }
     };
     let positive = |value: i32, what: &str| -> ParseResult<usize> {
         match usize::try_from(value) {
             Ok(v) if v >= 1 => Ok(v),
-            _ => Err(FormatError(format!("operator {index} has {what} {value}, expected at least 1")).into()),
+            _ => Err(FormatError(format!(
+                "operator {index} has {what} {value}, expected at least 1"
+            ))
+            .into()),
         }
     };
     Ok(Window {
@@ -679,4 +744,215 @@ fn activation(index: usize, code: i8) -> ParseResult<Activation> {
             .into())
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A field of a hand-built table: inline scalar bytes, or a forward offset to an
+    /// object written later (patched by [`Builder::point`]).
+    enum Field {
+        Scalar(Vec<u8>),
+        Offset,
+        Absent,
+    }
+
+    /// Writes FlatBuffers front to back: each table's vtable sits just before it, and
+    /// children follow their parent so every offset points forward.
+    struct Builder {
+        buf: Vec<u8>,
+    }
+
+    impl Builder {
+        fn new() -> Self {
+            // Root offset (patched later), then the TFL3 identifier.
+            Self {
+                buf: [0, 0, 0, 0, b'T', b'F', b'L', b'3'].to_vec(),
+            }
+        }
+
+        /// Writes a table and returns its position and the positions of its offset fields.
+        fn table(&mut self, fields: &[Field]) -> (usize, Vec<usize>) {
+            let mut layout = Vec::new();
+            let mut table_len = 4;
+            for field in fields {
+                match field {
+                    Field::Scalar(bytes) => {
+                        layout.push(table_len as u16);
+                        table_len += bytes.len();
+                    }
+                    Field::Offset => {
+                        layout.push(table_len as u16);
+                        table_len += 4;
+                    }
+                    Field::Absent => layout.push(0),
+                }
+            }
+            let vtable = self.buf.len();
+            self.buf
+                .extend_from_slice(&((4 + 2 * fields.len()) as u16).to_le_bytes());
+            self.buf
+                .extend_from_slice(&(table_len as u16).to_le_bytes());
+            for offset in &layout {
+                self.buf.extend_from_slice(&offset.to_le_bytes());
+            }
+            let table = self.buf.len();
+            self.buf
+                .extend_from_slice(&((table - vtable) as i32).to_le_bytes());
+            let mut offsets = Vec::new();
+            for field in fields {
+                match field {
+                    Field::Scalar(bytes) => self.buf.extend_from_slice(bytes),
+                    Field::Offset => {
+                        offsets.push(self.buf.len());
+                        self.buf.extend_from_slice(&[0; 4]);
+                    }
+                    Field::Absent => {}
+                }
+            }
+            (table, offsets)
+        }
+
+        /// Writes a vector of raw elements and returns its position.
+        fn vector(&mut self, len: usize, bytes: &[u8]) -> usize {
+            let pos = self.buf.len();
+            self.buf.extend_from_slice(&(len as u32).to_le_bytes());
+            self.buf.extend_from_slice(bytes);
+            pos
+        }
+
+        /// Writes a vector of `count` table offsets and returns the element positions.
+        fn table_vector(&mut self, count: usize) -> (usize, Vec<usize>) {
+            let pos = self.vector(count, &vec![0; 4 * count]);
+            (pos, (0..count).map(|i| pos + 4 + 4 * i).collect())
+        }
+
+        fn point(&mut self, at: usize, target: usize) {
+            let offset = (target - at) as u32;
+            self.buf[at..at + 4].copy_from_slice(&offset.to_le_bytes());
+        }
+    }
+
+    fn ints(values: &[i32]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    /// Builds a model with one operator of builtin `code` and one uint8 tensor of shape
+    /// [3] holding [10, 12, 255], quantized with scale 0.5 and zero point 10.
+    fn model_bytes(code: i32) -> Vec<u8> {
+        let mut b = Builder::new();
+        // Model: version, operator_codes, subgraphs, description (absent), buffers.
+        let (model, model_offsets) = b.table(&[
+            Field::Scalar(3u32.to_le_bytes().to_vec()),
+            Field::Offset,
+            Field::Offset,
+            Field::Absent,
+            Field::Offset,
+        ]);
+        b.point(0, model);
+
+        let (codes, code_slots) = b.table_vector(1);
+        b.point(model_offsets[0], codes);
+        // OperatorCode: deprecated_builtin_code, custom_code, version, builtin_code.
+        let (code_table, _) = b.table(&[
+            Field::Scalar(vec![code.min(127) as u8]),
+            Field::Absent,
+            Field::Absent,
+            Field::Scalar(code.to_le_bytes().to_vec()),
+        ]);
+        b.point(code_slots[0], code_table);
+
+        let (subgraphs, subgraph_slots) = b.table_vector(1);
+        b.point(model_offsets[1], subgraphs);
+        // SubGraph: tensors, inputs, outputs, operators.
+        let (subgraph, sub) =
+            b.table(&[Field::Offset, Field::Offset, Field::Offset, Field::Offset]);
+        b.point(subgraph_slots[0], subgraph);
+        let (tensors, tensor_slots) = b.table_vector(1);
+        b.point(sub[0], tensors);
+        // Tensor: shape, type (UINT8 = 3), buffer, name (absent), quantization.
+        let (tensor, tensor_offsets) = b.table(&[
+            Field::Offset,
+            Field::Scalar(vec![3]),
+            Field::Scalar(1u32.to_le_bytes().to_vec()),
+            Field::Absent,
+            Field::Offset,
+        ]);
+        b.point(tensor_slots[0], tensor);
+        let shape = b.vector(1, &ints(&[3]));
+        b.point(tensor_offsets[0], shape);
+        // QuantizationParameters: min, max (absent), scale, zero_point.
+        let (quantization, q) =
+            b.table(&[Field::Absent, Field::Absent, Field::Offset, Field::Offset]);
+        b.point(tensor_offsets[1], quantization);
+        let scale = b.vector(1, &0.5f32.to_le_bytes());
+        b.point(q[0], scale);
+        let zero_point = b.vector(1, &10i64.to_le_bytes());
+        b.point(q[1], zero_point);
+        let inputs = b.vector(1, &ints(&[0]));
+        b.point(sub[1], inputs);
+        let outputs = b.vector(1, &ints(&[0]));
+        b.point(sub[2], outputs);
+        let (operators, operator_slots) = b.table_vector(1);
+        b.point(sub[3], operators);
+        // Operator: opcode_index, inputs, outputs.
+        let (operator, operator_offsets) = b.table(&[
+            Field::Scalar(0u32.to_le_bytes().to_vec()),
+            Field::Offset,
+            Field::Offset,
+        ]);
+        b.point(operator_slots[0], operator);
+        let op_inputs = b.vector(1, &ints(&[0]));
+        b.point(operator_offsets[0], op_inputs);
+        let op_outputs = b.vector(1, &ints(&[0]));
+        b.point(operator_offsets[1], op_outputs);
+
+        let (buffers, buffer_slots) = b.table_vector(2);
+        b.point(model_offsets[2], buffers);
+        let (empty, _) = b.table(&[]);
+        b.point(buffer_slots[0], empty);
+        let (data_buffer, data) = b.table(&[Field::Offset]);
+        b.point(buffer_slots[1], data_buffer);
+        let bytes = b.vector(3, &[10, 12, 255]);
+        b.point(data[0], bytes);
+        b.buf
+    }
+
+    #[test]
+    fn unsupported_operator_is_named() {
+        // 17 is MAX_POOL_2D.
+        let error = Model::from_bytes(&model_bytes(17), Path::new("max_pool.tflite")).unwrap_err();
+        let VisionError::UnsupportedOperator { index, code, name } = &error else {
+            panic!("expected UnsupportedOperator, got {error}");
+        };
+        assert_eq!(*index, 0);
+        assert_eq!(*code, 17);
+        assert_eq!(name, "MAX_POOL_2D");
+    }
+
+    #[test]
+    fn uint8_tensor_dequantizes_with_zero_point() {
+        // 22 is RESHAPE, which needs no options.
+        let model = Model::from_bytes(&model_bytes(22), Path::new("reshape.tflite")).unwrap();
+        assert_eq!(model.version, 3);
+        assert_eq!(model.tensors[0].shape, vec![3]);
+        // (10 - 10) * 0.5, (12 - 10) * 0.5, (255 - 10) * 0.5
+        assert_eq!(model.dequantize(0).unwrap(), vec![0.0, 1.0, 122.5]);
+    }
+
+    #[test]
+    fn truncated_model_is_invalid() {
+        let mut bytes = model_bytes(22);
+        bytes.truncate(bytes.len() - 6);
+        let error = Model::from_bytes(&bytes, Path::new("cut.tflite")).unwrap_err();
+        assert!(matches!(error, VisionError::InvalidModel { .. }), "{error}");
+    }
+
+    #[test]
+    fn builtin_names_follow_schema() {
+        assert_eq!(builtin_name(4), "DEPTHWISE_CONV_2D");
+        assert_eq!(builtin_name(102), "SPLIT_V");
+        assert_eq!(builtin_name(150), "BUILTIN_150");
+    }
 }
