@@ -15,3 +15,4 @@ pub mod pipeline;
 pub mod rng;
 pub mod text;
 pub mod train;
+pub mod vision;
