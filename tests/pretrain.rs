@@ -227,7 +227,7 @@ fn cuda_device_is_rejected() {
 }
 
 #[test]
-fn lr_find_rejects_png_plot() {
+fn lr_find_rejects_jpeg_plot() {
     let tmp = tempfile::tempdir().expect("temporary folder");
     let corpus = tmp.path().join("corpus.txt");
     std::fs::write(&corpus, "one two three\n").expect("write corpus");
@@ -238,11 +238,12 @@ fn lr_find_rejects_png_plot() {
         "--out",
         path_str(&tmp.path().join("work")),
         "--plot",
-        path_str(&tmp.path().join("plot.png")),
+        path_str(&tmp.path().join("plot.jpg")),
     ]);
     assert!(!output.status.success());
     let message = stderr(&output);
-    assert!(message.contains("only SVG plots"), "{message}");
+    assert!(message.contains("plot.jpg"), "{message}");
+    assert!(message.contains(".svg or .png"), "{message}");
 }
 
 #[test]

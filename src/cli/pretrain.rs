@@ -173,8 +173,8 @@ pub struct LrFindArgs {
     #[arg(long, default_value_t = 100, value_name = "N")]
     pub iterations: usize,
 
-    /// Write the loss against the learning rate to this SVG file.
-    #[arg(long, value_name = "FILE.svg")]
+    /// Write the loss against the learning rate to this SVG or PNG file.
+    #[arg(long, value_name = "FILE.svg|FILE.png")]
     pub plot: Option<PathBuf>,
 }
 
@@ -271,9 +271,9 @@ pub fn run_lr_find(args: LrFindArgs, progress: bool) -> anyhow::Result<()> {
     let device = select_device(args.lm.device)?;
     if let Some(plot) = &args.plot {
         let extension = plot.extension().and_then(|e| e.to_str()).unwrap_or("");
-        if !extension.eq_ignore_ascii_case("svg") {
+        if !extension.eq_ignore_ascii_case("svg") && !extension.eq_ignore_ascii_case("png") {
             bail!(
-                "--plot {}: only SVG plots are supported (this build has no bitmap backend); use a .svg file name",
+                "--plot {}: unsupported plot format; use a .svg or .png file name",
                 plot.display()
             );
         }
@@ -301,7 +301,7 @@ pub fn run_lr_find(args: LrFindArgs, progress: bool) -> anyhow::Result<()> {
     };
     let result = pretrain::find_lr(&mut task, &finder, &settings)?;
     if let Some(plot) = &args.plot {
-        result.plot_svg(plot)?;
+        result.plot(plot)?;
         tracing::info!("wrote {}", plot.display());
     }
     let suggestion = result.valley();

@@ -120,6 +120,40 @@ impl LrFindResult {
     /// Writes the smoothed loss against the learning rate (log scale) as an SVG file,
     /// marking the `valley` suggestion when there is one.
     pub fn plot_svg(&self, path: &Path) -> Result<()> {
+        self.plot_with(path, SVGBackend::new(path, (800, 500)).into_drawing_area())
+    }
+
+    /// Writes the plot of [`Self::plot_svg`] as a PNG image. Text needs a TrueType font:
+    /// `$ULMFIT_PLOT_FONT`, or DejaVu Sans or Liberation Sans where Linux distributions
+    /// install them; without one this fails and suggests an SVG file instead.
+    pub fn plot_png(&self, path: &Path) -> Result<()> {
+        register_plot_font()?;
+        self.plot_with(
+            path,
+            BitMapBackend::new(path, (800, 500)).into_drawing_area(),
+        )
+    }
+
+    /// Writes the plot as SVG or PNG, chosen by the file extension.
+    pub fn plot(&self, path: &Path) -> Result<()> {
+        let extension = path
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase());
+        match extension.as_deref() {
+            Some("svg") => self.plot_svg(path),
+            Some("png") => self.plot_png(path),
+            _ => Err(TrainError::Invalid(format!(
+                "unsupported plot file {}: use a .svg or .png file name",
+                path.display()
+            ))),
+        }
+    }
+
+    fn plot_with<DB: DrawingBackend>(
+        &self,
+        path: &Path,
+        root: DrawingArea<DB, plotters::coord::Shift>,
+    ) -> Result<()> {
         let plot_err = |e: &dyn std::fmt::Display| {
             TrainError::Invalid(format!(
                 "failed to write the learning-rate plot {}: {e}",
@@ -156,7 +190,6 @@ impl LrFindResult {
             x_max = x_min * 10.0;
         }
         let pad = ((y_max - y_min) * 0.05).max(1e-6);
-        let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| plot_err(&e))?;
         let mut chart = ChartBuilder::on(&root)
             .margin(20)
@@ -187,6 +220,43 @@ impl LrFindResult {
         root.present().map_err(|e| plot_err(&e))?;
         Ok(())
     }
+}
+
+/// Registers a TrueType font for bitmap plots once per process.
+fn register_plot_font() -> Result<()> {
+    static REGISTERED: std::sync::OnceLock<std::result::Result<(), String>> =
+        std::sync::OnceLock::new();
+    let outcome = REGISTERED.get_or_init(|| {
+        let mut candidates: Vec<std::path::PathBuf> = Vec::new();
+        if let Some(path) = std::env::var_os("ULMFIT_PLOT_FONT") {
+            candidates.push(path.into());
+        }
+        candidates.extend(
+            [
+                "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+                "/usr/share/fonts/TTF/DejaVuSans.ttf",
+                "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+                "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+            ]
+            .map(std::path::PathBuf::from),
+        );
+        for path in &candidates {
+            let Ok(bytes) = std::fs::read(path) else {
+                continue;
+            };
+            // The font lives as long as the process, as plotters requires.
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                return Ok(());
+            }
+        }
+        Err(
+            "PNG plots need a TrueType font: set ULMFIT_PLOT_FONT to a .ttf file, \
+             or write an .svg plot instead"
+                .to_string(),
+        )
+    });
+    outcome.clone().map_err(TrainError::Invalid)
 }
 
 /// Returns fastai's `valley` index: the end of the longest decreasing subsequence of
@@ -272,6 +342,38 @@ mod tests {
         let (lrs, losses) = result.trimmed();
         assert_eq!(lrs.first(), Some(&3.0));
         assert_eq!(losses.len(), 17);
+    }
+
+    #[test]
+    fn plot_writes_png() {
+        let result = LrFindResult {
+            lrs: (0..40).map(|i| 1e-5 * 1.3f64.powi(i)).collect(),
+            losses: (0..40)
+                .map(|i| 5.0 - 0.1 * f64::from(i).min(25.0))
+                .collect(),
+            num_it: 40,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lr.png");
+        match result.plot(&path) {
+            Ok(()) => {
+                let bytes = std::fs::read(&path).unwrap();
+                assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+            }
+            // Machines without any TrueType font get the documented error instead.
+            Err(error) => assert!(error.to_string().contains("ULMFIT_PLOT_FONT"), "{error}"),
+        }
+    }
+
+    #[test]
+    fn plot_rejects_other_extensions() {
+        let result = LrFindResult {
+            lrs: vec![1e-3, 1e-2],
+            losses: vec![1.0, 0.5],
+            num_it: 2,
+        };
+        let error = result.plot(Path::new("lr.jpg")).unwrap_err().to_string();
+        assert!(error.contains("lr.jpg"), "{error}");
     }
 
     #[test]
