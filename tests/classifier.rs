@@ -229,11 +229,10 @@ fn write_reviews(path: &std::path::Path, count: usize, seed: u64) {
     std::fs::write(path, lines).unwrap();
 }
 
-// TODO: the chain runs end to end, but this short schedule reaches only 32 of 60 in
-// eval mode while the training loss falls below 0.1; the eval-mode BatchNorm running
-// statistics lag the features, which needs investigating before this can pass.
+/// The tiny language model barely depends on its input, so the pooled features mostly
+/// track document length. Shuffled batches keep BatchNorm's batch statistics
+/// representative of the whole set, as eval mode assumes.
 #[test]
-#[ignore = "accuracy after the short schedule is still near chance"]
 fn pretrain_finetune_classify_predict() {
     let dir = tempfile::tempdir().unwrap();
     let corpus = dir.path().join("corpus.jsonl");
@@ -296,6 +295,8 @@ fn pretrain_finetune_classify_predict() {
         "10",
         "--drop-mult",
         "0",
+        "--batch-order",
+        "shuffled",
         "--seed",
         "1",
     ]);
@@ -316,7 +317,7 @@ fn pretrain_finetune_classify_predict() {
         .zip(&expected)
         .filter(|(got, want)| got["label"] == want["label"])
         .count();
-    assert!(correct >= 40, "{correct} of 60 correct, chance is 30");
+    assert!(correct >= 48, "{correct} of 60 correct, chance is 30");
     for (got, want) in results.iter().zip(&expected) {
         assert_eq!(got["text"], want["text"]);
     }

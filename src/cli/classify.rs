@@ -11,15 +11,15 @@ use super::data::DataArgs;
 use crate::model::classifier::{DEFAULT_BPTT, DEFAULT_HEAD_HIDDEN, DEFAULT_MAX_LEN};
 use crate::model::{Classifier, ClassifierConfig, DropoutConfig};
 use crate::pipeline::classify::{
-    balanced_weights, check_classes, gradual_unfreezing, stage_settings, ClassifierTask,
-    LabelledDocuments, DEFAULT_CLASSIFIER_LR, DEFAULT_FINAL_EPOCHS,
+    balanced_weights, check_classes, gradual_unfreezing, stage_settings, BatchOrder,
+    ClassifierTask, LabelledDocuments, DEFAULT_CLASSIFIER_LR, DEFAULT_FINAL_EPOCHS,
 };
 use crate::pipeline::model_folder;
 use crate::pipeline::predict::{save_classifier, ClassifierFolderConfig, CLASSIFIER_KIND};
 use crate::rng::Rng;
 use crate::text::readers::{read_all, Document, LabelRequirement};
 use crate::text::BOS;
-use crate::train::{RunOptions, Trainer};
+use crate::train::{RunOptions, TrainTask, Trainer};
 
 /// Class weighting of the loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -93,6 +93,13 @@ pub struct ClassifyArgs {
     /// Documents per batch (fastai's default 64; its IMDb example uses 128).
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub batch_size: usize,
+
+    /// Order of the training documents: `sortish` (fastai) groups similar lengths;
+    /// `shuffled` draws random batches, which keeps BatchNorm's statistics consistent
+    /// between training and prediction when features depend on document length (short
+    /// texts, a weakly trained encoder), at the cost of longer padded batches.
+    #[arg(long, value_enum, default_value_t = BatchOrder::Sortish, value_name = "ORDER")]
+    pub batch_order: BatchOrder,
 
     /// Seed of the head initialisation, validation split, data order and dropout.
     #[arg(long, default_value_t = 0, value_name = "S")]
@@ -184,7 +191,8 @@ pub fn run(args: ClassifyArgs, progress: bool) -> anyhow::Result<()> {
     let weights = args
         .class_weights
         .map(|ClassWeights::Balanced| balanced_weights(&train.labels, classes.len()));
-    let mut task = ClassifierTask::new(model, train, valid, args.batch_size, weights)?;
+    let mut task = ClassifierTask::new(model, train, valid, args.batch_size, weights)?
+        .with_batch_order(args.batch_order);
 
     let options = || RunOptions {
         json_log: args.log_json.clone(),
@@ -206,6 +214,10 @@ pub fn run(args: ClassifyArgs, progress: bool) -> anyhow::Result<()> {
         records.extend(next.fit(&mut task)?);
         trainer = Some(next);
     }
+    // The moving averages reflect the last few batches, which under sortish order
+    // contain documents of one length range. The saved model uses the whole set's.
+    task.set_population_statistics()?;
+    let final_metrics = task.validate()?;
 
     let folder = ClassifierFolderConfig {
         kind: CLASSIFIER_KIND.into(),
@@ -217,14 +229,15 @@ pub fn run(args: ClassifyArgs, progress: bool) -> anyhow::Result<()> {
     let mut summary = serde_json::json!({ "model": args.out, "classes": classes });
     if let Some(last) = records.last() {
         summary["train_loss"] = last.train_loss.into();
-        summary["valid_loss"] = last.valid_loss.into();
-        let mut per_class = serde_json::Map::new();
-        for (name, value) in &last.metrics {
-            let renamed = rename_class_metric(name, &classes);
-            per_class.insert(renamed, (*value).into());
-        }
-        summary["metrics"] = per_class.into();
     }
+    // Validation of the saved model, with the population statistics.
+    summary["valid_loss"] = final_metrics.valid_loss.into();
+    let mut per_class = serde_json::Map::new();
+    for (name, value) in &final_metrics.values {
+        let renamed = rename_class_metric(name, &classes);
+        per_class.insert(renamed, (*value).into());
+    }
+    summary["metrics"] = per_class.into();
     println!("{summary}");
     Ok(())
 }

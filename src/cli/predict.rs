@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::Args;
 
+use super::data::DataArgs;
 use crate::api::to_prediction;
 use crate::pipeline::predict::{LoadedClassifier, DEFAULT_PREDICT_BATCH};
+use crate::text::readers::{detect_format, read_all, Format, LabelRequirement};
 
 /// Arguments of `ulmfit predict`.
 #[derive(Debug, Args)]
@@ -22,8 +24,10 @@ pub struct PredictArgs {
     #[arg(value_name = "TEXT")]
     pub texts: Vec<String>,
 
-    /// File with one text per line (UTF-8).
-    #[arg(long, value_name = "FILE")]
+    /// Texts to score from a file: CSV, JSONL or a folder of `.txt` files are read as
+    /// `--data` is for `classify` (the text field or column only); any other file contains
+    /// one text per line (UTF-8).
+    #[arg(long, value_name = "PATH")]
     pub input: Option<PathBuf>,
 
     /// Print one JSON object per text: `{"text", "label", "probabilities"}`.
@@ -37,11 +41,35 @@ pub struct PredictArgs {
     /// Texts scored together.
     #[arg(long, default_value_t = DEFAULT_PREDICT_BATCH, value_name = "N")]
     pub batch_size: usize,
+
+    #[command(flatten)]
+    pub data_options: DataArgs,
 }
 
 /// Returns the default classifier folder, `checkpoints/imdb-sentiment` in the crate.
 fn default_model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("checkpoints/imdb-sentiment")
+}
+
+/// Reads the texts of `--input`: the documents of a CSV, JSONL or folder input, or
+/// every line of a plain-text file (empty lines included, so outputs match lines).
+fn read_input(path: &Path, options: &DataArgs) -> anyhow::Result<Vec<String>> {
+    let format = match options.format {
+        Some(format) => format,
+        None => detect_format(path)?,
+    };
+    if format != Format::Text {
+        let read_options = options.read_options(LabelRequirement::Ignored);
+        let report = read_all(&[path.to_path_buf()], &read_options)?;
+        return Ok(report.documents.into_iter().map(|d| d.text).collect());
+    }
+    let file =
+        std::fs::File::open(path).with_context(|| format!("failed to open {}", path.display()))?;
+    let mut texts = Vec::new();
+    for line in std::io::BufReader::new(file).lines() {
+        texts.push(line.with_context(|| format!("failed to read {}", path.display()))?);
+    }
+    Ok(texts)
 }
 
 /// Runs `ulmfit predict`.
@@ -80,11 +108,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
 
     let mut texts = args.texts.clone();
     if let Some(path) = &args.input {
-        let file = std::fs::File::open(path)
-            .with_context(|| format!("failed to open {}", path.display()))?;
-        for line in std::io::BufReader::new(file).lines() {
-            texts.push(line.with_context(|| format!("failed to read {}", path.display()))?);
-        }
+        texts.extend(read_input(path, &args.data_options)?);
     } else if texts.is_empty() {
         for line in std::io::stdin().lock().lines() {
             texts.push(line.context("failed to read standard input")?);

@@ -157,6 +157,18 @@ pub fn stage_settings(stage: &UnfreezeStage, index: usize, seed: u64) -> TrainSe
     }
 }
 
+/// Order of the training documents within an epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum BatchOrder {
+    /// fastai's `SortedDL` order: batches of documents of similar length, in random
+    /// order. It pads least, but BatchNorm then normalises each batch over one length range.
+    #[default]
+    Sortish,
+    /// Uniformly random batches, so BatchNorm's batch statistics represent the whole
+    /// set. Batches run as long as their longest document.
+    Shuffled,
+}
+
 /// The classifier with its training and validation documents, for the trainer.
 pub struct ClassifierTask {
     model: Classifier,
@@ -165,6 +177,7 @@ pub struct ClassifierTask {
     batch_size: usize,
     class_weights: Option<Vec<f32>>,
     frozen: Vec<bool>,
+    batch_order: BatchOrder,
 }
 
 impl ClassifierTask {
@@ -191,7 +204,23 @@ impl ClassifierTask {
             batch_size,
             class_weights,
             frozen: vec![false; n_groups],
+            batch_order: BatchOrder::default(),
         })
+    }
+
+    /// Sets the order of the training documents (default [`BatchOrder::Sortish`]).
+    pub fn with_batch_order(mut self, order: BatchOrder) -> Self {
+        self.batch_order = order;
+        self
+    }
+
+    /// Sets the head's BatchNorm running statistics to their values over the whole
+    /// training set (see [`Classifier::set_population_statistics`]).
+    pub fn set_population_statistics(&mut self) -> anyhow::Result<()> {
+        let documents: Vec<&[u32]> = self.train.ids.iter().map(Vec::as_slice).collect();
+        self.model
+            .set_population_statistics(&documents, self.batch_size)?;
+        Ok(())
     }
 
     /// The model.
@@ -275,7 +304,14 @@ impl TrainTask for ClassifierTask {
         skip: usize,
     ) -> anyhow::Result<BatchIter<Vec<usize>>> {
         let lengths: Vec<usize> = self.train.ids.iter().map(Vec::len).collect();
-        let order = sortish_order(&lengths, self.batch_size, rng.next_u64())?;
+        let order = match self.batch_order {
+            BatchOrder::Sortish => sortish_order(&lengths, self.batch_size, rng.next_u64())?,
+            BatchOrder::Shuffled => {
+                let mut order: Vec<usize> = (0..lengths.len()).collect();
+                rng.shuffle(&mut order);
+                order
+            }
+        };
         let n_batches = self.n_batches();
         let batches: Vec<Vec<usize>> = order
             .chunks(self.batch_size)
@@ -353,6 +389,54 @@ mod tests {
         let weights = balanced_weights(&[0, 0, 0, 1], 2);
         assert!((weights[0] - 2.0 / 3.0).abs() < 1e-6);
         assert!((weights[1] - 2.0).abs() < 1e-6);
+    }
+
+    /// Returns the length spread (longest minus shortest) of every batch of `order`.
+    fn batch_spreads(order: BatchOrder) -> Vec<usize> {
+        let mut config = crate::model::ClassifierConfig::new(40, 2);
+        config.encoder.embedding_size = 4;
+        config.encoder.hidden_size = 6;
+        let device = candle_core::Device::Cpu;
+        let model = Classifier::new(config, &mut Rng::seed(1), &device).unwrap();
+        // Document i has i + 1 tokens.
+        let train = LabelledDocuments {
+            ids: (1..=32).map(|len| vec![5; len]).collect(),
+            labels: (0..32).map(|i| i % 2).collect(),
+        };
+        let mut task = ClassifierTask::new(model, train, LabelledDocuments::default(), 4, None)
+            .unwrap()
+            .with_batch_order(order);
+        let batches: Vec<Vec<usize>> = task
+            .train_batches(0, Rng::seed(3), 0)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let mut seen: Vec<usize> = batches.concat();
+        seen.sort();
+        assert_eq!(
+            seen,
+            (0..32).collect::<Vec<_>>(),
+            "{order:?} covers every document"
+        );
+        batches
+            .iter()
+            .map(|batch| batch.iter().max().unwrap() - batch.iter().min().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn sortish_batches_group_lengths() {
+        // 32 documents fit in one sorting window, so each batch contains 4 neighbours.
+        assert!(batch_spreads(BatchOrder::Sortish).iter().all(|&s| s == 3));
+    }
+
+    #[test]
+    fn shuffled_batches_mix_lengths() {
+        let widest = batch_spreads(BatchOrder::Shuffled)
+            .into_iter()
+            .max()
+            .unwrap();
+        assert!(widest > 3, "the widest batch spans {widest} lengths");
     }
 
     #[test]
