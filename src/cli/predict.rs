@@ -30,7 +30,8 @@ pub struct PredictArgs {
     #[arg(long, value_name = "PATH")]
     pub input: Option<PathBuf>,
 
-    /// Print one JSON object per text: `{"text", "label", "probabilities"}`.
+    /// Print one JSON object per text: `{"text", "label", "probabilities"}`, plus
+    /// `"labels"` (every class at or above the threshold) for a multi-label classifier.
     #[arg(long, conflicts_with = "csv")]
     pub json: bool,
 
@@ -104,7 +105,23 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
                 classes.join(", ")
             );
         }
+        if model.config.multi_label != models[0].config.multi_label {
+            bail!(
+                "{} and {} differ in multi-label settings; an ensemble needs the same ones",
+                model.dir.display(),
+                models[0].dir.display()
+            );
+        }
     }
+    let folder = &models[0].config;
+    // A multi-label prediction is every class over the threshold, joined for text output.
+    let label_text = |row: &[f32]| -> String {
+        let predicted = folder.predicted_classes(row);
+        match &folder.multi_label {
+            Some(settings) => predicted.join(&settings.delimiter),
+            None => predicted.concat(),
+        }
+    };
 
     let mut texts = args.texts.clone();
     if let Some(path) = &args.input {
@@ -133,8 +150,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         header.extend(classes.iter().cloned());
         writer.write_record(&header)?;
         for (text, row) in refs.iter().zip(&average) {
-            let prediction = to_prediction(&classes, row);
-            let mut record = vec![text.to_string(), prediction.label];
+            let mut record = vec![text.to_string(), label_text(row)];
             record.extend(row.iter().map(|p| p.to_string()));
             writer.write_record(&record)?;
         }
@@ -142,18 +158,21 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     for (text, row) in refs.iter().zip(&average) {
-        let prediction = to_prediction(&classes, row);
         if args.json {
             let probabilities: serde_json::Map<String, serde_json::Value> = classes
                 .iter()
                 .zip(row)
                 .map(|(class, p)| (class.clone(), (*p).into()))
                 .collect();
-            let object = serde_json::json!({
+            let mut object = serde_json::json!({
                 "text": text,
-                "label": prediction.label,
+                "label": to_prediction(&classes, row).label,
                 "probabilities": probabilities,
             });
+            if folder.multi_label.is_some() {
+                // `label` stays the most probable class; `labels` is the prediction.
+                object["labels"] = folder.predicted_classes(row).into();
+            }
             writeln!(out, "{object}")?;
         } else {
             let listed: Vec<String> = classes
@@ -161,7 +180,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
                 .zip(row)
                 .map(|(class, p)| format!("{class}={p:.4}"))
                 .collect();
-            writeln!(out, "{}\t{}", prediction.label, listed.join(" "))?;
+            writeln!(out, "{}\t{}", label_text(row), listed.join(" "))?;
         }
     }
     Ok(())
