@@ -572,6 +572,25 @@ mod tests {
     }
 
     #[test]
+    fn split_labels_trims_and_skips_empty() {
+        assert_eq!(split_labels("a| b||c |", "|"), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn binary_loss_by_hand() {
+        // Target 1 at logit 0: ln 2. Target 0 at logit 2: 2 + ln(1 + e^-2). Mean of both.
+        let device = candle_core::Device::Cpu;
+        let logits = Tensor::new(&[[0f32, 2.0]], &device).unwrap();
+        let targets = Tensor::new(&[[1f32, 0.0]], &device).unwrap();
+        let loss = ClassifierTask::binary_loss(&logits, &targets)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let want = (2f32.ln() + 2.0 + (1.0 + (-2f32).exp()).ln()) / 2.0;
+        assert!((loss - want).abs() < 1e-6, "loss {loss}, expected {want}");
+    }
+
+    #[test]
     fn recipe_matches_fastai_imdb() {
         let stages = gradual_unfreezing(2e-2, 2);
         assert_eq!(stages[1].lr, LrSpec::Range(1e-2 / 2.6f64.powi(4), 1e-2));

@@ -311,3 +311,33 @@ pub fn write_random_classifier(
     };
     save_classifier(dir, &config, &classifier, dir)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn folder(multi_label: Option<MultiLabel>) -> ClassifierFolderConfig {
+        ClassifierFolderConfig {
+            kind: CLASSIFIER_KIND.into(),
+            model: ClassifierConfig::new(10, 3),
+            classes: vec!["a".into(), "b".into(), "c".into()],
+            backwards: false,
+            multi_label,
+        }
+    }
+
+    #[test]
+    fn multi_label_predicts_classes_over_threshold() {
+        let config = folder(Some(MultiLabel {
+            threshold: 0.4,
+            delimiter: "|".into(),
+        }));
+        assert_eq!(config.predicted_classes(&[0.4, 0.1, 0.9]), ["a", "c"]);
+        assert!(config.predicted_classes(&[0.3, 0.1, 0.2]).is_empty());
+    }
+
+    #[test]
+    fn single_label_predicts_most_probable() {
+        assert_eq!(folder(None).predicted_classes(&[0.2, 0.5, 0.3]), ["b"]);
+    }
+}
