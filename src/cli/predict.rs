@@ -24,9 +24,9 @@ pub struct PredictArgs {
     #[arg(value_name = "TEXT")]
     pub texts: Vec<String>,
 
-    /// Texts to score from a file: CSV, JSONL or a folder of `.txt` files are read as
-    /// `--data` is for `classify` (the text field or column only); any other file contains
-    /// one text per line (UTF-8).
+    /// Texts to score from a file. CSV, JSONL and folders of `.txt` files are read as
+    /// `classify` reads `--data`, keeping only the text. Any other file contains one text
+    /// per line (UTF-8).
     #[arg(long, value_name = "PATH")]
     pub input: Option<PathBuf>,
 
