@@ -229,11 +229,10 @@ fn write_reviews(path: &std::path::Path, count: usize, seed: u64) {
     std::fs::write(path, lines).unwrap();
 }
 
-// TODO: the chain runs end to end, but this short schedule reaches only 32 of 60 in
-// eval mode while the training loss falls below 0.1; the eval-mode BatchNorm running
-// statistics lag the features, which needs investigating before this can pass.
+/// The tiny language model barely depends on its input, so the pooled features mostly
+/// track document length. Shuffled batches keep BatchNorm's batch statistics
+/// representative of the whole set, as eval mode assumes.
 #[test]
-#[ignore = "accuracy after the short schedule is still near chance"]
 fn pretrain_finetune_classify_predict() {
     let dir = tempfile::tempdir().unwrap();
     let corpus = dir.path().join("corpus.jsonl");
@@ -296,6 +295,8 @@ fn pretrain_finetune_classify_predict() {
         "10",
         "--drop-mult",
         "0",
+        "--batch-order",
+        "shuffled",
         "--seed",
         "1",
     ]);
@@ -316,8 +317,120 @@ fn pretrain_finetune_classify_predict() {
         .zip(&expected)
         .filter(|(got, want)| got["label"] == want["label"])
         .count();
-    assert!(correct >= 40, "{correct} of 60 correct, chance is 30");
+    assert!(correct >= 48, "{correct} of 60 correct, chance is 30");
     for (got, want) in results.iter().zip(&expected) {
         assert_eq!(got["text"], want["text"]);
+    }
+}
+
+/// Writes `count` JSONL records whose labels list one to three of `sport`, `music` and
+/// `food`, separated by `|`, with one topic word per class at the end of the text.
+fn write_tagged(path: &std::path::Path, count: usize, seed: u64) {
+    let topics = [
+        ("food", ["pizza", "bread", "soup"]),
+        ("music", ["song", "band", "album"]),
+        ("sport", ["goal", "match", "team"]),
+    ];
+    let filler = ["the", "a", "was", "it", "and", "news", "today"];
+    let mut rng = Rng::seed(seed);
+    let mut lines = String::new();
+    for index in 0..count {
+        let mut classes: Vec<&str> = topics
+            .iter()
+            .filter(|_| rng.below(2) == 0)
+            .map(|(name, _)| *name)
+            .collect();
+        if classes.is_empty() {
+            classes.push(topics[index % 3].0);
+        }
+        let mut text: Vec<&str> = (0..4 + rng.below(5))
+            .map(|_| filler[rng.below(7) as usize])
+            .collect();
+        for (name, words) in &topics {
+            if classes.contains(name) {
+                text.push(words[rng.below(3) as usize]);
+            }
+        }
+        let record = serde_json::json!({ "text": text.join(" "), "label": classes.join("|") });
+        lines.push_str(&record.to_string());
+        lines.push('\n');
+    }
+    std::fs::write(path, lines).unwrap();
+}
+
+#[test]
+fn multi_label_classify_predict() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, valid) = (
+        dir.path().join("train.jsonl"),
+        dir.path().join("valid.jsonl"),
+    );
+    write_tagged(&train, 120, 4);
+    write_tagged(&valid, 20, 5);
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (lm, clas) = (path("lm"), path("clas"));
+    let (train_arg, valid_arg) = (train.to_str().unwrap(), valid.to_str().unwrap());
+    ulmfit(&[
+        "pretrain",
+        "--out",
+        &lm,
+        "--corpus",
+        train_arg,
+        "--embedding-size",
+        "8",
+        "--hidden-size",
+        "12",
+        "--batch-size",
+        "8",
+        "--bptt",
+        "8",
+        "--epochs",
+        "1",
+    ]);
+    let output = ulmfit(&[
+        "classify",
+        "--encoder",
+        &lm,
+        "--data",
+        train_arg,
+        "--valid",
+        valid_arg,
+        "--out",
+        &clas,
+        "--batch-size",
+        "8",
+        "--bptt",
+        "8",
+        "--epochs",
+        "1",
+        "--multi-label",
+        "--label-delimiter",
+        "|",
+        "--threshold",
+        "0.4",
+        "--batch-order",
+        "shuffled",
+    ]);
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        summary["classes"],
+        serde_json::json!(["food", "music", "sport"])
+    );
+    let accuracy = summary["metrics"]["accuracy_multi"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&accuracy), "accuracy_multi {accuracy}");
+
+    let output = ulmfit(&["predict", "--model", &clas, "--json", "--input", valid_arg]);
+    let text = String::from_utf8(output.stdout).unwrap();
+    let results: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(results.len(), 20);
+    for (index, result) in results.iter().enumerate() {
+        let over: Vec<&str> = ["food", "music", "sport"]
+            .into_iter()
+            .filter(|class| result["probabilities"][class].as_f64().unwrap() >= 0.4)
+            .collect();
+        assert_eq!(result["labels"], serde_json::json!(over), "text {index}");
     }
 }

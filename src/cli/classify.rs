@@ -11,15 +11,18 @@ use super::data::DataArgs;
 use crate::model::classifier::{DEFAULT_BPTT, DEFAULT_HEAD_HIDDEN, DEFAULT_MAX_LEN};
 use crate::model::{Classifier, ClassifierConfig, DropoutConfig};
 use crate::pipeline::classify::{
-    balanced_weights, check_classes, gradual_unfreezing, stage_settings, ClassifierTask,
-    LabelledDocuments, DEFAULT_CLASSIFIER_LR, DEFAULT_FINAL_EPOCHS,
+    balanced_weights, check_classes, gradual_unfreezing, split_labels, stage_settings, BatchOrder,
+    ClassifierTask, LabelledDocuments, DEFAULT_CLASSIFIER_LR, DEFAULT_FINAL_EPOCHS,
+    DEFAULT_MULTI_LABEL_THRESHOLD,
 };
 use crate::pipeline::model_folder;
-use crate::pipeline::predict::{save_classifier, ClassifierFolderConfig, CLASSIFIER_KIND};
+use crate::pipeline::predict::{
+    save_classifier, ClassifierFolderConfig, MultiLabel, CLASSIFIER_KIND,
+};
 use crate::rng::Rng;
 use crate::text::readers::{read_all, Document, LabelRequirement};
 use crate::text::BOS;
-use crate::train::{RunOptions, Trainer};
+use crate::train::{RunOptions, TrainTask, Trainer};
 
 /// Class weighting of the loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -94,6 +97,32 @@ pub struct ClassifyArgs {
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub batch_size: usize,
 
+    /// Train a multi-label classifier: each label lists classes separated by
+    /// `--label-delimiter`, the outputs are independent sigmoids trained with binary
+    /// cross-entropy, and a prediction is every class at or above `--threshold`.
+    #[arg(long)]
+    pub multi_label: bool,
+
+    /// Separator of the classes in a multi-label label.
+    #[arg(
+        long,
+        default_value = "|",
+        value_name = "TEXT",
+        requires = "multi_label"
+    )]
+    pub label_delimiter: String,
+
+    /// Probability at or above which a multi-label prediction includes a class.
+    #[arg(long, default_value_t = DEFAULT_MULTI_LABEL_THRESHOLD, value_name = "P", requires = "multi_label")]
+    pub threshold: f32,
+
+    /// Order of the training documents: `sortish` (fastai) groups similar lengths;
+    /// `shuffled` draws random batches, which keeps BatchNorm's statistics consistent
+    /// between training and prediction when features depend on document length (short
+    /// texts, a weakly trained encoder), at the cost of longer padded batches.
+    #[arg(long, value_enum, default_value_t = BatchOrder::Sortish, value_name = "ORDER")]
+    pub batch_order: BatchOrder,
+
     /// Seed of the head initialisation, validation split, data order and dropout.
     #[arg(long, default_value_t = 0, value_name = "S")]
     pub seed: u64,
@@ -134,8 +163,51 @@ pub fn run(args: ClassifyArgs, progress: bool) -> anyhow::Result<()> {
             .collect()
     };
     let (train_labels, valid_labels) = (labels(&train_docs), labels(&valid_docs));
-    let classes = check_classes(&train_labels, &valid_labels)?;
-    let class_id = |label: &String| classes.iter().position(|c| c == label).unwrap_or(0) as u32;
+    if args.multi_label {
+        if args.label_delimiter.is_empty() {
+            bail!("--label-delimiter must not be empty");
+        }
+        if !(args.threshold > 0.0 && args.threshold < 1.0) {
+            bail!("--threshold {} must lie in (0, 1)", args.threshold);
+        }
+        if args.class_weights.is_some() {
+            bail!(
+                "--class-weights applies to single-label training only; drop it or --multi-label"
+            );
+        }
+    }
+    let delimiter = args.label_delimiter.as_str();
+    // Every class named in a label counts once, so a multi-label document counts for each
+    // of its classes.
+    let flatten = |labels: &[String]| -> Vec<String> {
+        match args.multi_label {
+            true => labels
+                .iter()
+                .flat_map(|label| split_labels(label, delimiter))
+                .map(str::to_string)
+                .collect(),
+            false => labels.to_vec(),
+        }
+    };
+    let classes = check_classes(&flatten(&train_labels), &flatten(&valid_labels))?;
+    let class_id = |label: &str| classes.iter().position(|c| c == label).unwrap_or(0) as u32;
+    let label_ids = |labels: &[String]| -> (Vec<u32>, Vec<Vec<u32>>) {
+        match args.multi_label {
+            true => (
+                Vec::new(),
+                labels
+                    .iter()
+                    .map(|label| {
+                        split_labels(label, delimiter)
+                            .into_iter()
+                            .map(class_id)
+                            .collect()
+                    })
+                    .collect(),
+            ),
+            false => (labels.iter().map(|l| class_id(l)).collect(), Vec::new()),
+        }
+    };
     let encode = |docs: &[Document]| -> anyhow::Result<Vec<Vec<u32>>> {
         let texts: Vec<&str> = docs.iter().map(|d| d.text.as_str()).collect();
         let tokens = loaded.tokenizer.tokenize_all(&texts)?;
@@ -153,13 +225,17 @@ pub fn run(args: ClassifyArgs, progress: bool) -> anyhow::Result<()> {
             })
             .collect())
     };
+    let (labels, label_sets) = label_ids(&train_labels);
     let train = LabelledDocuments {
         ids: encode(&train_docs)?,
-        labels: train_labels.iter().map(class_id).collect(),
+        labels,
+        label_sets,
     };
+    let (labels, label_sets) = label_ids(&valid_labels);
     let valid = LabelledDocuments {
         ids: encode(&valid_docs)?,
-        labels: valid_labels.iter().map(class_id).collect(),
+        labels,
+        label_sets,
     };
     tracing::info!(
         "{} training and {} validation documents, {} classes: {}",
@@ -184,7 +260,11 @@ pub fn run(args: ClassifyArgs, progress: bool) -> anyhow::Result<()> {
     let weights = args
         .class_weights
         .map(|ClassWeights::Balanced| balanced_weights(&train.labels, classes.len()));
-    let mut task = ClassifierTask::new(model, train, valid, args.batch_size, weights)?;
+    let mut task = ClassifierTask::new(model, train, valid, args.batch_size, weights)?
+        .with_batch_order(args.batch_order);
+    if args.multi_label {
+        task = task.with_multi_label(args.threshold)?;
+    }
 
     let options = || RunOptions {
         json_log: args.log_json.clone(),
@@ -206,25 +286,34 @@ pub fn run(args: ClassifyArgs, progress: bool) -> anyhow::Result<()> {
         records.extend(next.fit(&mut task)?);
         trainer = Some(next);
     }
+    // The moving averages reflect the last few batches, which under sortish order
+    // contain documents of one length range. The saved model uses the whole set's.
+    task.set_population_statistics()?;
+    let final_metrics = task.validate()?;
 
     let folder = ClassifierFolderConfig {
         kind: CLASSIFIER_KIND.into(),
         model: config,
         classes: classes.clone(),
         backwards,
+        multi_label: args.multi_label.then(|| MultiLabel {
+            threshold: args.threshold,
+            delimiter: args.label_delimiter.clone(),
+        }),
     };
     save_classifier(&args.out, &folder, task.model(), &args.encoder)?;
     let mut summary = serde_json::json!({ "model": args.out, "classes": classes });
     if let Some(last) = records.last() {
         summary["train_loss"] = last.train_loss.into();
-        summary["valid_loss"] = last.valid_loss.into();
-        let mut per_class = serde_json::Map::new();
-        for (name, value) in &last.metrics {
-            let renamed = rename_class_metric(name, &classes);
-            per_class.insert(renamed, (*value).into());
-        }
-        summary["metrics"] = per_class.into();
     }
+    // Validation of the saved model, with the population statistics.
+    summary["valid_loss"] = final_metrics.valid_loss.into();
+    let mut per_class = serde_json::Map::new();
+    for (name, value) in &final_metrics.values {
+        let renamed = rename_class_metric(name, &classes);
+        per_class.insert(renamed, (*value).into());
+    }
+    summary["metrics"] = per_class.into();
     println!("{summary}");
     Ok(())
 }

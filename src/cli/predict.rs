@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::Args;
 
+use super::data::DataArgs;
 use crate::api::to_prediction;
 use crate::pipeline::predict::{LoadedClassifier, DEFAULT_PREDICT_BATCH};
+use crate::text::readers::{detect_format, read_all, Format, LabelRequirement};
 
 /// Arguments of `ulmfit predict`.
 #[derive(Debug, Args)]
@@ -22,11 +24,14 @@ pub struct PredictArgs {
     #[arg(value_name = "TEXT")]
     pub texts: Vec<String>,
 
-    /// File with one text per line (UTF-8).
-    #[arg(long, value_name = "FILE")]
+    /// Texts to score from a file. CSV, JSONL and folders of `.txt` files are read as
+    /// `classify` reads `--data`, keeping only the text. Any other file contains one text
+    /// per line (UTF-8).
+    #[arg(long, value_name = "PATH")]
     pub input: Option<PathBuf>,
 
-    /// Print one JSON object per text: `{"text", "label", "probabilities"}`.
+    /// Print one JSON object per text: `{"text", "label", "probabilities"}`, plus
+    /// `"labels"` (every class at or above the threshold) for a multi-label classifier.
     #[arg(long, conflicts_with = "csv")]
     pub json: bool,
 
@@ -37,11 +42,35 @@ pub struct PredictArgs {
     /// Texts scored together.
     #[arg(long, default_value_t = DEFAULT_PREDICT_BATCH, value_name = "N")]
     pub batch_size: usize,
+
+    #[command(flatten)]
+    pub data_options: DataArgs,
 }
 
 /// Returns the default classifier folder, `checkpoints/imdb-sentiment` in the crate.
 fn default_model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("checkpoints/imdb-sentiment")
+}
+
+/// Reads the texts of `--input`: the documents of a CSV, JSONL or folder input, or
+/// every line of a plain-text file (empty lines included, so outputs match lines).
+fn read_input(path: &Path, options: &DataArgs) -> anyhow::Result<Vec<String>> {
+    let format = match options.format {
+        Some(format) => format,
+        None => detect_format(path)?,
+    };
+    if format != Format::Text {
+        let read_options = options.read_options(LabelRequirement::Ignored);
+        let report = read_all(&[path.to_path_buf()], &read_options)?;
+        return Ok(report.documents.into_iter().map(|d| d.text).collect());
+    }
+    let file =
+        std::fs::File::open(path).with_context(|| format!("failed to open {}", path.display()))?;
+    let mut texts = Vec::new();
+    for line in std::io::BufReader::new(file).lines() {
+        texts.push(line.with_context(|| format!("failed to read {}", path.display()))?);
+    }
+    Ok(texts)
 }
 
 /// Runs `ulmfit predict`.
@@ -76,15 +105,27 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
                 classes.join(", ")
             );
         }
+        if model.config.multi_label != models[0].config.multi_label {
+            bail!(
+                "{} and {} differ in multi-label settings; an ensemble needs the same ones",
+                model.dir.display(),
+                models[0].dir.display()
+            );
+        }
     }
+    let folder = &models[0].config;
+    // A multi-label prediction is every class over the threshold, joined for text output.
+    let label_text = |row: &[f32]| -> String {
+        let predicted = folder.predicted_classes(row);
+        match &folder.multi_label {
+            Some(settings) => predicted.join(&settings.delimiter),
+            None => predicted.concat(),
+        }
+    };
 
     let mut texts = args.texts.clone();
     if let Some(path) = &args.input {
-        let file = std::fs::File::open(path)
-            .with_context(|| format!("failed to open {}", path.display()))?;
-        for line in std::io::BufReader::new(file).lines() {
-            texts.push(line.with_context(|| format!("failed to read {}", path.display()))?);
-        }
+        texts.extend(read_input(path, &args.data_options)?);
     } else if texts.is_empty() {
         for line in std::io::stdin().lock().lines() {
             texts.push(line.context("failed to read standard input")?);
@@ -109,8 +150,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         header.extend(classes.iter().cloned());
         writer.write_record(&header)?;
         for (text, row) in refs.iter().zip(&average) {
-            let prediction = to_prediction(&classes, row);
-            let mut record = vec![text.to_string(), prediction.label];
+            let mut record = vec![text.to_string(), label_text(row)];
             record.extend(row.iter().map(|p| p.to_string()));
             writer.write_record(&record)?;
         }
@@ -118,18 +158,21 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     for (text, row) in refs.iter().zip(&average) {
-        let prediction = to_prediction(&classes, row);
         if args.json {
             let probabilities: serde_json::Map<String, serde_json::Value> = classes
                 .iter()
                 .zip(row)
                 .map(|(class, p)| (class.clone(), (*p).into()))
                 .collect();
-            let object = serde_json::json!({
+            let mut object = serde_json::json!({
                 "text": text,
-                "label": prediction.label,
+                "label": to_prediction(&classes, row).label,
                 "probabilities": probabilities,
             });
+            if folder.multi_label.is_some() {
+                // `label` stays the most probable class; `labels` is the prediction.
+                object["labels"] = folder.predicted_classes(row).into();
+            }
             writeln!(out, "{object}")?;
         } else {
             let listed: Vec<String> = classes
@@ -137,7 +180,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
                 .zip(row)
                 .map(|(class, p)| format!("{class}={p:.4}"))
                 .collect();
-            writeln!(out, "{}\t{}", prediction.label, listed.join(" "))?;
+            writeln!(out, "{}\t{}", label_text(row), listed.join(" "))?;
         }
     }
     Ok(())

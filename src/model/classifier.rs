@@ -400,6 +400,51 @@ impl Classifier {
         Ok(ClassifierOutput { logits, pooled })
     }
 
+    /// Sets the running statistics of every head BatchNorm to the exact mean and unbiased
+    /// variance of its eval-mode inputs over `documents`, block after block, so that each
+    /// block uses the previous blocks' new statistics. The encoder runs in eval mode on
+    /// batches of up to `batch_size` documents.
+    ///
+    /// This replaces PyTorch's moving averages, which lag the weights and, when training
+    /// batches hold documents of similar length, average within-batch variances that can
+    /// be far below the variance over the whole set.
+    pub fn set_population_statistics(
+        &mut self,
+        documents: &[&[u32]],
+        batch_size: usize,
+    ) -> Result<()> {
+        if documents.len() < 2 {
+            return Err(ModelError::InvalidInput(format!(
+                "population statistics need at least 2 documents, got {}",
+                documents.len()
+            )));
+        }
+        let lengths: Vec<usize> = documents.iter().map(|d| d.len()).collect();
+        let order = crate::text::batches::sorted_order(&lengths);
+        let mut pooled = Vec::with_capacity(order.len().div_ceil(batch_size.max(1)));
+        let mut unused = Rng::seed(0);
+        for chunk in order.chunks(batch_size.max(1)) {
+            let batch: Vec<&[u32]> = chunk.iter().map(|&i| documents[i]).collect();
+            pooled.push(self.pool(&batch, false, &[], &mut unused)?);
+        }
+        // Row order does not matter for the statistics.
+        let mut x = Tensor::cat(&pooled, 0)?.to_dtype(DType::F64)?;
+        let n = x.dims()[0] as f64;
+        let last = self.head.len() - 1;
+        for (index, block) in self.head.iter_mut().enumerate() {
+            let mean = x.mean(0)?;
+            let centered = x.broadcast_sub(&mean)?;
+            let variance = centered.sqr()?.sum(0)?.affine(1.0 / (n - 1.0), 0.0)?;
+            let dtype = block.running_mean.dtype();
+            block.running_mean = mean.to_dtype(dtype)?;
+            block.running_var = variance.to_dtype(dtype)?;
+            if index != last {
+                x = block_forward_eval(block, &x)?.relu()?;
+            }
+        }
+        Ok(())
+    }
+
     /// Checks that every document is non-empty and in the vocabulary.
     fn check_documents(&self, documents: &[&[u32]]) -> Result<()> {
         if documents.is_empty() {
@@ -601,17 +646,7 @@ impl Classifier {
         let mut x = pooled.detach();
         let last = self.head.len() - 1;
         for (index, block) in self.head.iter().enumerate() {
-            let scale = block
-                .running_var
-                .affine(1.0, BN_EPS)?
-                .sqrt()?
-                .recip()?
-                .mul(&block.bn_weight.as_tensor().detach())?;
-            x = x
-                .broadcast_sub(&block.running_mean)?
-                .broadcast_mul(&scale)?
-                .broadcast_add(&block.bn_bias.as_tensor().detach())?;
-            x = x.matmul(&block.linear.as_tensor().detach().t()?)?;
+            x = block_forward_eval(block, &x)?;
             if index != last {
                 x = x.relu()?;
             }
@@ -674,6 +709,25 @@ impl Classifier {
     }
 }
 
+/// Runs one head block in eval mode (BatchNorm with the running statistics, then the
+/// linear layer, no activation) on `x` `[batch, in]` and returns `[batch, out]` in the
+/// dtype of `x`.
+fn block_forward_eval(block: &HeadBlock, x: &Tensor) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let detached = |tensor: &Tensor| tensor.detach().to_dtype(dtype);
+    let scale = detached(&block.running_var)?
+        .affine(1.0, BN_EPS)?
+        .sqrt()?
+        .recip()?
+        .mul(&detached(block.bn_weight.as_tensor())?)?;
+    let normalised = x
+        .detach()
+        .broadcast_sub(&detached(&block.running_mean)?)?
+        .broadcast_mul(&scale)?
+        .broadcast_add(&detached(block.bn_bias.as_tensor())?)?;
+    Ok(normalised.matmul(&detached(block.linear.as_tensor())?.t()?)?)
+}
+
 /// Creates the head blocks of `config`.
 fn new_head(config: &ClassifierConfig, rng: &mut Rng, device: &Device) -> Result<Vec<HeadBlock>> {
     let sizes = config.head_sizes();
@@ -715,4 +769,101 @@ pub fn argmax(row: &[f32]) -> usize {
         }
     }
     best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a 2-layer classifier of embedding 4 and hidden 6 with a head `[12, 5, 3]`.
+    fn small() -> Classifier {
+        let mut config = ClassifierConfig::new(30, 3);
+        config.encoder.layers = 2;
+        config.encoder.embedding_size = 4;
+        config.encoder.hidden_size = 6;
+        config.encoder.dropout_multiplier = 0.0;
+        config.head_hidden = vec![5];
+        config.bptt = 4;
+        Classifier::new(config, &mut Rng::seed(11), &Device::Cpu).unwrap()
+    }
+
+    fn documents() -> Vec<Vec<u32>> {
+        vec![
+            vec![2, 3, 4, 5, 6, 7],
+            vec![8, 9],
+            vec![10, 11, 12, 13, 14, 15, 16, 17, 18],
+            vec![19],
+        ]
+    }
+
+    /// Returns the column means and the unbiased column variances of `rows`.
+    fn column_stats(rows: &[Vec<f32>]) -> (Vec<f64>, Vec<f64>) {
+        let n = rows.len() as f64;
+        let width = rows[0].len();
+        let mut means = vec![0.0; width];
+        let mut variances = vec![0.0; width];
+        for column in 0..width {
+            let mean = rows.iter().map(|r| r[column] as f64).sum::<f64>() / n;
+            let squares: f64 = rows.iter().map(|r| (r[column] as f64 - mean).powi(2)).sum();
+            means[column] = mean;
+            variances[column] = squares / (n - 1.0);
+        }
+        (means, variances)
+    }
+
+    fn assert_close(got: &Tensor, want: &[f64], what: &str) {
+        let got = got.to_vec1::<f32>().unwrap();
+        assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+        for (index, (g, w)) in got.iter().zip(want).enumerate() {
+            let tolerance = 1e-6 + 1e-4 * w.abs();
+            assert!(
+                (*g as f64 - w).abs() < tolerance,
+                "{what}[{index}]: got {g}, expected {w}"
+            );
+        }
+    }
+
+    #[test]
+    fn training_step_updates_running_stats() {
+        // PyTorch BatchNorm1d from mean 0 and variance 1 with momentum 0.1:
+        // running_mean = 0.1 * batch mean, running_var = 0.9 + 0.1 * unbiased variance.
+        let mut model = small();
+        let docs = documents();
+        let refs: Vec<&[u32]> = docs.iter().map(Vec::as_slice).collect();
+        let output = model
+            .forward_train(&refs, &[false; 4], &mut Rng::seed(1))
+            .unwrap();
+        let (means, variances) = column_stats(&output.pooled.to_vec2::<f32>().unwrap());
+        let want_mean: Vec<f64> = means.iter().map(|m| 0.1 * m).collect();
+        let want_var: Vec<f64> = variances.iter().map(|v| 0.9 + 0.1 * v).collect();
+        assert_close(&model.head[0].running_mean, &want_mean, "running_mean");
+        assert_close(&model.head[0].running_var, &want_var, "running_var");
+    }
+
+    #[test]
+    fn population_stats_match_eval_features() {
+        let mut model = small();
+        let docs = documents();
+        let refs: Vec<&[u32]> = docs.iter().map(Vec::as_slice).collect();
+        model.set_population_statistics(&refs, 3).unwrap();
+        let pooled = model.predict(&refs).unwrap().pooled;
+        let (means, variances) = column_stats(&pooled.to_vec2::<f32>().unwrap());
+        assert_close(&model.head[0].running_mean, &means, "block 0 mean");
+        assert_close(&model.head[0].running_var, &variances, "block 0 variance");
+        // The second block reads the first block's eval output with the new statistics.
+        let hidden = block_forward_eval(&model.head[0], &pooled)
+            .unwrap()
+            .relu()
+            .unwrap();
+        let (means, variances) = column_stats(&hidden.to_vec2::<f32>().unwrap());
+        assert_close(&model.head[1].running_mean, &means, "block 1 mean");
+        assert_close(&model.head[1].running_var, &variances, "block 1 variance");
+    }
+
+    #[test]
+    fn population_stats_need_two_documents() {
+        let mut model = small();
+        let error = model.set_population_statistics(&[&[2, 3]], 8).unwrap_err();
+        assert!(error.to_string().contains("at least 2"), "{error}");
+    }
 }

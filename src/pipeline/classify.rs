@@ -91,8 +91,23 @@ pub fn balanced_weights(labels: &[u32], n_classes: usize) -> Vec<f32> {
 pub struct LabelledDocuments {
     /// Token ids of each document, each non-empty.
     pub ids: Vec<Vec<u32>>,
-    /// Class id of each document.
+    /// Class id of each document (single-label training).
     pub labels: Vec<u32>,
+    /// Class ids of each document, possibly none (multi-label training; empty otherwise).
+    pub label_sets: Vec<Vec<u32>>,
+}
+
+/// Default probability at or above which a multi-label prediction includes a class
+/// (fastai's `accuracy_multi` threshold).
+pub const DEFAULT_MULTI_LABEL_THRESHOLD: f32 = 0.5;
+
+/// Splits a multi-label `label` on `delimiter` into trimmed, non-empty class names.
+pub fn split_labels<'a>(label: &'a str, delimiter: &str) -> Vec<&'a str> {
+    label
+        .split(delimiter)
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .collect()
 }
 
 /// One stage of the gradual-unfreezing recipe.
@@ -157,6 +172,18 @@ pub fn stage_settings(stage: &UnfreezeStage, index: usize, seed: u64) -> TrainSe
     }
 }
 
+/// Order of the training documents within an epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum BatchOrder {
+    /// fastai's `SortedDL` order: batches of documents of similar length, in random
+    /// order. It pads least, but BatchNorm then normalises each batch over one length range.
+    #[default]
+    Sortish,
+    /// Uniformly random batches, so BatchNorm's batch statistics represent the whole
+    /// set. Batches run as long as their longest document.
+    Shuffled,
+}
+
 /// The classifier with its training and validation documents, for the trainer.
 pub struct ClassifierTask {
     model: Classifier,
@@ -165,6 +192,9 @@ pub struct ClassifierTask {
     batch_size: usize,
     class_weights: Option<Vec<f32>>,
     frozen: Vec<bool>,
+    batch_order: BatchOrder,
+    /// Probability threshold of multi-label training, `None` for single-label.
+    multi_label: Option<f32>,
 }
 
 impl ClassifierTask {
@@ -191,7 +221,53 @@ impl ClassifierTask {
             batch_size,
             class_weights,
             frozen: vec![false; n_groups],
+            batch_order: BatchOrder::default(),
+            multi_label: None,
         })
+    }
+
+    /// Switches to multi-label training: sigmoid outputs, binary cross-entropy against
+    /// `label_sets`, and validation that predicts every class whose probability reaches
+    /// `threshold`. Fails when a document has no label set or a class id is out of range.
+    pub fn with_multi_label(mut self, threshold: f32) -> anyhow::Result<Self> {
+        let n_classes = self.model.config().n_classes;
+        for (name, set) in [("training", &*self.train), ("validation", &self.valid)] {
+            if set.label_sets.len() != set.ids.len() {
+                bail!(
+                    "the {name} set has {} label sets for {} documents",
+                    set.label_sets.len(),
+                    set.ids.len()
+                );
+            }
+            if let Some(id) = set
+                .label_sets
+                .iter()
+                .flatten()
+                .find(|&&id| id as usize >= n_classes)
+            {
+                bail!("the {name} set has class id {id}, outside the {n_classes} classes");
+            }
+        }
+        if self.class_weights.is_some() {
+            bail!("class weights apply to single-label training only");
+        }
+        self.multi_label = Some(threshold);
+        Ok(self)
+    }
+
+    /// Sets the order of the training documents (default [`BatchOrder::Sortish`]).
+    pub fn with_batch_order(mut self, order: BatchOrder) -> Self {
+        self.batch_order = order;
+        self
+    }
+
+    /// Sets the head's BatchNorm running statistics to their values over the whole
+    /// training set (see [`Classifier::set_population_statistics`]).
+    pub fn set_population_statistics(&mut self) -> anyhow::Result<()> {
+        let documents: Vec<&[u32]> = self.train.ids.iter().map(Vec::as_slice).collect();
+        self.model
+            .set_population_statistics(&documents, self.batch_size)?;
+        Ok(())
     }
 
     /// The model.
@@ -222,6 +298,82 @@ impl ClassifierTask {
                 Ok(picked.mul(&w)?.sum_all()?.affine(1.0 / total as f64, 0.0)?)
             }
         }
+    }
+
+    /// Returns the multi-hot targets `[documents, n_classes]` of `label_sets`.
+    fn multi_hot(
+        &self,
+        label_sets: &[&Vec<u32>],
+        device: &candle_core::Device,
+    ) -> anyhow::Result<Tensor> {
+        let n_classes = self.model.config().n_classes;
+        let mut values = vec![0f32; label_sets.len() * n_classes];
+        for (row, set) in label_sets.iter().enumerate() {
+            for &id in set.iter() {
+                values[row * n_classes + id as usize] = 1.0;
+            }
+        }
+        Ok(Tensor::from_vec(
+            values,
+            (label_sets.len(), n_classes),
+            device,
+        )?)
+    }
+
+    /// Returns the mean binary cross-entropy of `logits` `[batch, classes]` against the
+    /// multi-hot `targets`, computed stably as `max(x, 0) - x * y + ln(1 + exp(-|x|))`.
+    fn binary_loss(logits: &Tensor, targets: &Tensor) -> anyhow::Result<Tensor> {
+        let targets = targets.to_dtype(logits.dtype())?;
+        let softplus = logits.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?;
+        let loss = logits.relu()?.sub(&logits.mul(&targets)?)?.add(&softplus)?;
+        Ok(loss.mean_all()?)
+    }
+
+    /// Returns the validation loss, `accuracy_multi` (share of correct class decisions,
+    /// as fastai's metric) and `exact_match` (share of documents whose predicted set
+    /// equals the true set) of multi-label training.
+    fn validate_multi_label(&self, threshold: f32) -> anyhow::Result<Metrics> {
+        let lengths: Vec<usize> = self.valid.ids.iter().map(Vec::len).collect();
+        let order = sorted_order(&lengths);
+        let n_classes = self.model.config().n_classes;
+        let (mut loss_sum, mut decisions_right, mut exact) = (0.0f64, 0usize, 0usize);
+        for chunk in order.chunks(self.batch_size) {
+            let documents: Vec<&[u32]> = chunk
+                .iter()
+                .map(|&i| self.valid.ids[i].as_slice())
+                .collect();
+            let sets: Vec<&Vec<u32>> = chunk.iter().map(|&i| &self.valid.label_sets[i]).collect();
+            let output = self.model.predict(&documents)?;
+            let targets = self.multi_hot(&sets, output.logits.device())?;
+            let loss = Self::binary_loss(&output.logits, &targets)?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
+            loss_sum += loss * chunk.len() as f64;
+            let probabilities =
+                candle_nn::ops::sigmoid(&output.logits.to_dtype(DType::F32)?)?.to_vec2::<f32>()?;
+            let targets = targets.to_vec2::<f32>()?;
+            for (row, target) in probabilities.iter().zip(&targets) {
+                let right = row
+                    .iter()
+                    .zip(target)
+                    .filter(|(p, t)| (**p >= threshold) == (**t > 0.5))
+                    .count();
+                decisions_right += right;
+                if right == n_classes {
+                    exact += 1;
+                }
+            }
+        }
+        let count = self.valid.ids.len() as f64;
+        let mut metrics = Metrics::with_loss(loss_sum / count);
+        metrics.values.insert(
+            "accuracy_multi".into(),
+            decisions_right as f64 / (count * n_classes as f64),
+        );
+        metrics
+            .values
+            .insert("exact_match".into(), exact as f64 / count);
+        Ok(metrics)
     }
 
     fn n_batches(&self) -> usize {
@@ -275,7 +427,14 @@ impl TrainTask for ClassifierTask {
         skip: usize,
     ) -> anyhow::Result<BatchIter<Vec<usize>>> {
         let lengths: Vec<usize> = self.train.ids.iter().map(Vec::len).collect();
-        let order = sortish_order(&lengths, self.batch_size, rng.next_u64())?;
+        let order = match self.batch_order {
+            BatchOrder::Sortish => sortish_order(&lengths, self.batch_size, rng.next_u64())?,
+            BatchOrder::Shuffled => {
+                let mut order: Vec<usize> = (0..lengths.len()).collect();
+                rng.shuffle(&mut order);
+                order
+            }
+        };
         let n_batches = self.n_batches();
         let batches: Vec<Vec<usize>> = order
             .chunks(self.batch_size)
@@ -293,9 +452,14 @@ impl TrainTask for ClassifierTask {
     fn train_step(&mut self, batch: Vec<usize>, rng: &mut Rng) -> anyhow::Result<Tensor> {
         let train = Arc::clone(&self.train);
         let documents: Vec<&[u32]> = batch.iter().map(|&i| train.ids[i].as_slice()).collect();
-        let labels: Vec<u32> = batch.iter().map(|&i| train.labels[i]).collect();
         let frozen = self.frozen.clone();
         let output = self.model.forward_train(&documents, &frozen, rng)?;
+        if self.multi_label.is_some() {
+            let sets: Vec<&Vec<u32>> = batch.iter().map(|&i| &train.label_sets[i]).collect();
+            let targets = self.multi_hot(&sets, output.logits.device())?;
+            return Self::binary_loss(&output.logits, &targets);
+        }
+        let labels: Vec<u32> = batch.iter().map(|&i| train.labels[i]).collect();
         self.loss(&output.logits, &labels)
     }
 
@@ -304,6 +468,9 @@ impl TrainTask for ClassifierTask {
     fn validate(&mut self) -> anyhow::Result<Metrics> {
         if self.valid.ids.is_empty() {
             return Ok(Metrics::with_loss(f64::NAN));
+        }
+        if let Some(threshold) = self.multi_label {
+            return self.validate_multi_label(threshold);
         }
         let n_classes = self.model.config().n_classes;
         let lengths: Vec<usize> = self.valid.ids.iter().map(Vec::len).collect();
@@ -353,6 +520,74 @@ mod tests {
         let weights = balanced_weights(&[0, 0, 0, 1], 2);
         assert!((weights[0] - 2.0 / 3.0).abs() < 1e-6);
         assert!((weights[1] - 2.0).abs() < 1e-6);
+    }
+
+    /// Returns the length spread (longest minus shortest) of every batch of `order`.
+    fn batch_spreads(order: BatchOrder) -> Vec<usize> {
+        let mut config = crate::model::ClassifierConfig::new(40, 2);
+        config.encoder.embedding_size = 4;
+        config.encoder.hidden_size = 6;
+        let device = candle_core::Device::Cpu;
+        let model = Classifier::new(config, &mut Rng::seed(1), &device).unwrap();
+        // Document i has i + 1 tokens.
+        let train = LabelledDocuments {
+            ids: (1..=32).map(|len| vec![5; len]).collect(),
+            labels: (0..32).map(|i| i % 2).collect(),
+            label_sets: Vec::new(),
+        };
+        let mut task = ClassifierTask::new(model, train, LabelledDocuments::default(), 4, None)
+            .unwrap()
+            .with_batch_order(order);
+        let batches: Vec<Vec<usize>> = task
+            .train_batches(0, Rng::seed(3), 0)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let mut seen: Vec<usize> = batches.concat();
+        seen.sort();
+        assert_eq!(
+            seen,
+            (0..32).collect::<Vec<_>>(),
+            "{order:?} covers every document"
+        );
+        batches
+            .iter()
+            .map(|batch| batch.iter().max().unwrap() - batch.iter().min().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn sortish_batches_group_lengths() {
+        // 32 documents fit in one sorting window, so each batch contains 4 neighbours.
+        assert!(batch_spreads(BatchOrder::Sortish).iter().all(|&s| s == 3));
+    }
+
+    #[test]
+    fn shuffled_batches_mix_lengths() {
+        let widest = batch_spreads(BatchOrder::Shuffled)
+            .into_iter()
+            .max()
+            .unwrap();
+        assert!(widest > 3, "the widest batch spans {widest} lengths");
+    }
+
+    #[test]
+    fn split_labels_trims_and_skips_empty() {
+        assert_eq!(split_labels("a| b||c |", "|"), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn binary_loss_by_hand() {
+        // Target 1 at logit 0: ln 2. Target 0 at logit 2: 2 + ln(1 + e^-2). Mean of both.
+        let device = candle_core::Device::Cpu;
+        let logits = Tensor::new(&[[0f32, 2.0]], &device).unwrap();
+        let targets = Tensor::new(&[[1f32, 0.0]], &device).unwrap();
+        let loss = ClassifierTask::binary_loss(&logits, &targets)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let want = (2f32.ln() + 2.0 + (1.0 + (-2f32).exp()).ln()) / 2.0;
+        assert!((loss - want).abs() < 1e-6, "loss {loss}, expected {want}");
     }
 
     #[test]

@@ -43,6 +43,35 @@ pub struct ClassifierFolderConfig {
     /// Whether the model reads every document's tokens in reverse order.
     #[serde(default)]
     pub backwards: bool,
+    /// Multi-label settings, `None` for a single-label (softmax) classifier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multi_label: Option<MultiLabel>,
+}
+
+/// Settings of a multi-label classifier: independent sigmoid outputs per class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MultiLabel {
+    /// Probability at or above which a prediction includes a class.
+    pub threshold: f32,
+    /// Separator of class names in a label, such as `|`.
+    pub delimiter: String,
+}
+
+impl ClassifierFolderConfig {
+    /// Returns the predicted classes of one row of probabilities: every class at or
+    /// above the threshold for a multi-label classifier, else the most probable class.
+    pub fn predicted_classes(&self, probabilities: &[f32]) -> Vec<String> {
+        match &self.multi_label {
+            Some(settings) => self
+                .classes
+                .iter()
+                .zip(probabilities)
+                .filter(|(_, &p)| p >= settings.threshold)
+                .map(|(class, _)| class.clone())
+                .collect(),
+            None => vec![self.classes[crate::model::classifier::argmax(probabilities)].clone()],
+        }
+    }
 }
 
 /// A classifier folder loaded for scoring.
@@ -187,14 +216,28 @@ impl LoadedClassifier {
         self.probabilities_of_ids(&encoded, batch_size)
     }
 
-    /// Returns the class probabilities of token-id documents, in input order.
+    /// Returns the class probabilities of token-id documents, in input order: softmax
+    /// probabilities, or per-class sigmoids for a multi-label classifier.
     pub fn probabilities_of_ids(
         &self,
         documents: &[Vec<u32>],
         batch_size: usize,
     ) -> anyhow::Result<Vec<Vec<f32>>> {
-        score_documents(&self.model, documents, batch_size)
+        let activation = match self.config.multi_label {
+            Some(_) => Activation::Sigmoid,
+            None => Activation::Softmax,
+        };
+        score_documents_with(&self.model, documents, batch_size, activation)
     }
+}
+
+/// Function turning logits into class probabilities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Softmax over the classes (single-label).
+    Softmax,
+    /// Independent sigmoid per class (multi-label).
+    Sigmoid,
 }
 
 /// Scores `documents` with `model` in eval mode, longest first in batches of
@@ -204,13 +247,29 @@ pub fn score_documents(
     documents: &[Vec<u32>],
     batch_size: usize,
 ) -> anyhow::Result<Vec<Vec<f32>>> {
+    score_documents_with(model, documents, batch_size, Activation::Softmax)
+}
+
+/// Scores `documents` as [`score_documents`] does, with `activation` on the logits.
+pub fn score_documents_with(
+    model: &Classifier,
+    documents: &[Vec<u32>],
+    batch_size: usize,
+    activation: Activation,
+) -> anyhow::Result<Vec<Vec<f32>>> {
     let lengths: Vec<usize> = documents.iter().map(Vec::len).collect();
     let order = crate::text::batches::sorted_order(&lengths);
     let mut results: Vec<Vec<f32>> = vec![Vec::new(); documents.len()];
     for chunk in order.chunks(batch_size.max(1)) {
         let batch: Vec<&[u32]> = chunk.iter().map(|&i| documents[i].as_slice()).collect();
         let output = model.predict(&batch)?;
-        let probabilities = softmax(&output.logits)?.to_vec2::<f32>()?;
+        let probabilities = match activation {
+            Activation::Softmax => softmax(&output.logits)?,
+            Activation::Sigmoid => {
+                candle_nn::ops::sigmoid(&output.logits.to_dtype(candle_core::DType::F32)?)?
+            }
+        };
+        let probabilities = probabilities.to_vec2::<f32>()?;
         for (&index, row) in chunk.iter().zip(probabilities) {
             results[index] = row;
         }
@@ -248,6 +307,37 @@ pub fn write_random_classifier(
         model,
         classes: classes.iter().map(|c| c.to_string()).collect(),
         backwards: false,
+        multi_label: None,
     };
     save_classifier(dir, &config, &classifier, dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn folder(multi_label: Option<MultiLabel>) -> ClassifierFolderConfig {
+        ClassifierFolderConfig {
+            kind: CLASSIFIER_KIND.into(),
+            model: ClassifierConfig::new(10, 3),
+            classes: vec!["a".into(), "b".into(), "c".into()],
+            backwards: false,
+            multi_label,
+        }
+    }
+
+    #[test]
+    fn multi_label_predicts_classes_over_threshold() {
+        let config = folder(Some(MultiLabel {
+            threshold: 0.4,
+            delimiter: "|".into(),
+        }));
+        assert_eq!(config.predicted_classes(&[0.4, 0.1, 0.9]), ["a", "c"]);
+        assert!(config.predicted_classes(&[0.3, 0.1, 0.2]).is_empty());
+    }
+
+    #[test]
+    fn single_label_predicts_most_probable() {
+        assert_eq!(folder(None).predicted_classes(&[0.2, 0.5, 0.3]), ["b"]);
+    }
 }
