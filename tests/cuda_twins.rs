@@ -61,7 +61,7 @@ fn values(tensor: &Tensor) -> Vec<f32> {
 }
 
 #[test]
-fn lstm_cell_forward_twin_matches_fused_cpu_sequence() {
+fn cell_forward_matches_cpu_lstm() {
     let (projected, w_hh, h0, c0) = step_inputs(11);
     let recurrent = matmul_t(&h0, &w_hh, BATCH, HIDDEN, 4 * HIDDEN);
     let twin = twins::lstm_cell_forward(&projected, &recurrent, &c0, BATCH, HIDDEN).unwrap();
@@ -77,7 +77,7 @@ fn lstm_cell_forward_twin_matches_fused_cpu_sequence() {
 }
 
 #[test]
-fn lstm_cell_backward_twin_matches_fused_cpu_gradients() {
+fn cell_backward_matches_cpu_gradients() {
     let (projected, w_hh, h0, c0) = step_inputs(12);
     let mut rng = Rng::seed(13);
     // The objective sum(h * dh) + sum(c * dc_next) has exactly these output gradients.
@@ -127,7 +127,7 @@ fn lstm_cell_backward_twin_matches_fused_cpu_gradients() {
 }
 
 #[test]
-fn lstm_cell_forward_twin_matches_hand_computed_unit() {
+fn cell_forward_matches_hand_computed() {
     // One unit, zero recurrent term and zero state: c = sigmoid(i) tanh(g),
     // h = sigmoid(o) tanh(c).
     let sigmoid = |x: f32| 1.0 / (1.0 + (-x).exp());
@@ -139,13 +139,13 @@ fn lstm_cell_forward_twin_matches_hand_computed_unit() {
 }
 
 #[test]
-fn weight_dropout_twin_scales_kept_and_zeroes_dropped() {
+fn weight_dropout_scales_kept_weights() {
     let out = twins::weight_dropout(&[1.0, 2.0, -3.0, 4.0], &[1, 0, 1, 0], 2.0).unwrap();
     assert_eq!(out, vec![2.0, 0.0, -6.0, 0.0]);
 }
 
 #[test]
-fn weight_dropout_twin_rejects_short_mask() {
+fn weight_dropout_rejects_short_mask() {
     let error = twins::weight_dropout(&[1.0, 2.0], &[1], 2.0).unwrap_err();
     assert!(
         error
@@ -156,7 +156,7 @@ fn weight_dropout_twin_rejects_short_mask() {
 }
 
 #[test]
-fn embedding_dropout_twin_matches_embed() {
+fn embedding_dropout_matches_embed() {
     let (vocab, features) = (6, 4);
     let mut rng = Rng::seed(21);
     let weight = rng.uniform(vocab * features, -1.0, 1.0);
@@ -174,13 +174,13 @@ fn embedding_dropout_twin_matches_embed() {
 }
 
 #[test]
-fn embedding_dropout_twin_rejects_unknown_id() {
+fn embedding_dropout_rejects_unknown_id() {
     let error = twins::embedding_dropout(&[1.0, 2.0], &[0, 2], &[1.0, 1.0], 1).unwrap_err();
     assert!(error.to_string().contains("id 2 at position 1"), "{error}");
 }
 
 #[test]
-fn concat_pool_twin_matches_hand_computed_values() {
+fn concat_pool_matches_hand_computed() {
     // Two rows, time 3, two features; the second row has one real position.
     let outputs = [
         1.0, -2.0, 4.0, 0.0, -1.0, 5.0, // row 0: positions 0, 1, 2
@@ -207,7 +207,7 @@ fn concat_pool_twin_matches_hand_computed_values() {
 }
 
 #[test]
-fn concat_pool_twin_rejects_empty_row() {
+fn concat_pool_rejects_empty_row() {
     let error = twins::concat_pool(&[0.0; 4], &[2, 0], 2, 1).unwrap_err();
     assert!(error.to_string().contains("row 1 has length 0"), "{error}");
 }
@@ -352,7 +352,7 @@ mod gpu {
     /// forward alone, then forward plus backward through time. Prints tokens/s.
     #[test]
     #[ignore = "needs a CUDA GPU; a timing, not a check"]
-    fn gpu_lstm_stack_throughput() {
+    fn gpu_lstm_stack_tokens_per_second() {
         let device = device();
         let (batch, time) = (64usize, 70usize);
         let sizes = [(400usize, 1152usize), (1152, 1152), (1152, 400)];

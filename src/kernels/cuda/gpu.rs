@@ -6,12 +6,15 @@
 //! tensors on one CUDA device (ids and lengths as u32) and returns new tensors on it;
 //! none records gradients. Each mirrors the function of the same name in
 //! [`super::twins`].
+//!
+//! NOTE: these launchers have not run on a GPU yet. The ignored GPU
+//! tests in tests/cuda_twins.rs (see scripts/gpu-check.sh) are their first check.
 
-use candle_core::backprop::BackpropOp;
 use candle_core::cuda_backend::cudarc::driver::{
     sys::CUdevice_attribute, CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::WrapErr;
+use candle_core::op::BackpropOp;
 use candle_core::{bail, CudaDevice, CudaStorage, DType, Device, Result, Storage, Tensor};
 
 /// A PTX module: its name in the device's module cache and its text.
