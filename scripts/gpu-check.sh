@@ -18,10 +18,38 @@ cd "$(dirname "$0")/.."
 BIN_DIR="${ULMFIT_GPU_BIN:-target/gpu-bin}"
 RESULTS="${OUT:-/tmp}/gpu-check"
 
+# Writes link-time stubs of the CUDA libraries that Candle's cudarc links dynamically
+# (driver, NVRTC, cuRAND, cuBLAS, cuBLASLt) into $CUDA_ROOT/lib/stubs, which cudarc's
+# build script adds to the search path. The stubs define every function that cudarc's
+# bindings declare, so the binary links here. At run time the loader finds the real
+# libraries by the same sonames. The sonames are those of CUDA 13.0.
+write_link_stubs() {
+    local cudarc stubs="$CUDA_ROOT/lib/stubs"
+    cudarc="$(cargo metadata --format-version 1 --features cuda \
+        | python3 -c 'import json, sys
+for package in json.load(sys.stdin)["packages"]:
+    if package["name"] == "cudarc":
+        print(package["manifest_path"].rsplit("/", 1)[0])')"
+    if [ -z "$cudarc" ]; then
+        echo "gpu-check: cudarc not found in the dependency graph of --features cuda" >&2
+        exit 1
+    fi
+    mkdir -p "$stubs"
+    local entry module library soname
+    for entry in driver:cuda:libcuda.so.1 nvrtc:nvrtc:libnvrtc.so.13 curand:curand:libcurand.so.10 \
+        cublas:cublas:libcublas.so.13 cublaslt:cublasLt:libcublasLt.so.13; do
+        IFS=: read -r module library soname <<<"$entry"
+        grep -ohE '^pub unsafe fn [A-Za-z0-9_]+' "$cudarc"/src/"$module"/sys/*.rs \
+            | sort -u | sed -E 's/^pub unsafe fn (.*)$/void \1(void) {}/' >"$stubs/$library.c"
+        cc -shared -fPIC -Wl,-soname,"$soname" -o "$stubs/lib$library.so" "$stubs/$library.c"
+    done
+}
+
 build() {
     # shellcheck source=scripts/cuda-env.sh
     source scripts/cuda-env.sh
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-cuda}"
+    write_link_stubs
     local binary
     binary="$(cargo test --release --features cuda --test cuda_twins --no-run --message-format=json \
         | python3 -c 'import json, sys
@@ -66,6 +94,9 @@ run() {
     if [ ! -x "$twins" ]; then
         echo "gpu-check: $twins is missing; run 'scripts/gpu-check.sh build' first and carry $BIN_DIR" >&2
         exit 1
+    fi
+    if ldd "$twins" | grep 'not found'; then
+        echo "gpu-check: the libraries above are missing (the binary needs CUDA 13 libraries)" >&2
     fi
     "$twins" --ignored --nocapture --test-threads 1 2>&1 | tee "$RESULTS/twins.txt" || status=$?
     python3 scripts/torch-lstm-bench.py 2>&1 | tee "$RESULTS/torch.txt" || status=$?
