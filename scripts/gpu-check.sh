@@ -10,6 +10,10 @@
 #                                wt103 sizes built on the kernels, times PyTorch's cuDNN
 #                                LSTM (scripts/torch-lstm-bench.py), and prints a table.
 #
+# NOTE: the run half has not run on a GPU machine yet. The binary loads libcuda.so.1 from
+# the driver and libcublas.so.13, libcurand.so.10 and libcudart.so.13 (CUDA 13) from the
+# Python environment's nvidia wheels; a PyTorch built for CUDA 12 does not provide them.
+#
 # `ulmfit bench lm --preset wt103` has no --device option yet and the model's fused LSTM
 # operation runs on the CPU only, so the whole-model GPU timing comes from PyTorch alone.
 set -euo pipefail
@@ -43,6 +47,9 @@ for package in json.load(sys.stdin)["packages"]:
             | sort -u | sed -E 's/^pub unsafe fn (.*)$/void \1(void) {}/' >"$stubs/$library.c"
         cc -shared -fPIC -Wl,-soname,"$soname" -o "$stubs/lib$library.so" "$stubs/$library.c"
     done
+    # Candle's compiled kernels link the CUDA runtime, which the wheel ships only as
+    # libcudart.so.13.
+    ln -sf ../libcudart.so.13 "$stubs/libcudart.so"
 }
 
 build() {
