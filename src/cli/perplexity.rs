@@ -6,14 +6,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use rayon::prelude::*;
 
 use super::corpus::{document_spinner, for_each_chunk};
 use super::data::DataArgs;
 use crate::pipeline::evaluate::evaluate_language_model;
 use crate::pipeline::model_folder::{self, LoadedModel, ModelKind};
 use crate::text::readers::{Document, LabelRequirement};
-use crate::text::tokenizer::{Scratch, Tokenizer};
+use crate::text::tokenizer::Tokenizer;
 use crate::text::vocab::Vocab;
 
 /// Arguments of `ulmfit perplexity`.
@@ -133,22 +132,8 @@ pub fn numericalize(
     vocab: &Vocab,
     documents: &[Document],
 ) -> anyhow::Result<Vec<Vec<u32>>> {
-    documents
-        .par_iter()
-        .map_init(Scratch::default, |scratch, document| {
-            let mut ids = Vec::new();
-            tokenizer
-                .for_each_token(&document.text, scratch, |token| ids.push(vocab.id(token)))
-                .with_context(|| {
-                    format!(
-                        "failed to tokenize {}, line {}",
-                        document.origin.path.display(),
-                        document.origin.line
-                    )
-                })?;
-            Ok(ids)
-        })
-        .collect()
+    let encoded = super::numericalize::encode_documents(tokenizer, vocab, None, documents)?;
+    Ok(encoded.into_iter().map(|(ids, _)| ids).collect())
 }
 
 /// Returns a progress bar over windows on stderr, hidden with `--quiet`.

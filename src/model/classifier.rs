@@ -270,31 +270,7 @@ impl Classifier {
     ) -> Result<Self> {
         config.validate().map_err(ModelError::InvalidConfig)?;
         let expected = Self::parameter_shapes(&config);
-        let mut missing = Vec::new();
-        let mut wrong_shapes = Vec::new();
-        for (name, shape) in &expected {
-            match tensors.get(name) {
-                None => missing.push(name.clone()),
-                Some(tensor) if tensor.dims() != shape.as_slice() => wrong_shapes.push(format!(
-                    "{name}: got {:?}, expected {shape:?}",
-                    tensor.dims()
-                )),
-                Some(_) => {}
-            }
-        }
-        let mut unexpected: Vec<String> = tensors
-            .keys()
-            .filter(|name| !expected.iter().any(|(known, _)| known == *name))
-            .cloned()
-            .collect();
-        unexpected.sort();
-        if !missing.is_empty() || !unexpected.is_empty() || !wrong_shapes.is_empty() {
-            return Err(ModelError::ParameterMismatch {
-                missing,
-                unexpected,
-                wrong_shapes,
-            });
-        }
+        super::check_parameters(&expected, tensors)?;
         let reference = &tensors["encoder.weight"];
         let (dtype, device) = (reference.dtype(), reference.device().clone());
         let tensor = |name: &str| -> Result<Tensor> {

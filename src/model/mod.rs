@@ -49,6 +49,40 @@ pub enum ModelError {
     },
 }
 
+/// Checks named tensors against the expected names and shapes, returning one error that
+/// lists every missing, unexpected and wrongly shaped tensor.
+pub(crate) fn check_parameters(
+    expected: &[(String, Vec<usize>)],
+    tensors: &std::collections::HashMap<String, candle_core::Tensor>,
+) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut wrong_shapes = Vec::new();
+    for (name, shape) in expected {
+        match tensors.get(name) {
+            None => missing.push(name.clone()),
+            Some(tensor) if tensor.dims() != shape.as_slice() => wrong_shapes.push(format!(
+                "{name}: got {:?}, expected {shape:?}",
+                tensor.dims()
+            )),
+            Some(_) => {}
+        }
+    }
+    let mut unexpected: Vec<String> = tensors
+        .keys()
+        .filter(|name| !expected.iter().any(|(known, _)| known == *name))
+        .cloned()
+        .collect();
+    unexpected.sort();
+    if missing.is_empty() && unexpected.is_empty() && wrong_shapes.is_empty() {
+        return Ok(());
+    }
+    Err(ModelError::ParameterMismatch {
+        missing,
+        unexpected,
+        wrong_shapes,
+    })
+}
+
 fn describe_mismatch(missing: &[String], unexpected: &[String], wrong_shapes: &[String]) -> String {
     let mut parts = Vec::new();
     if !missing.is_empty() {
