@@ -26,10 +26,10 @@ pub fn stage_checkpoint_dir(dir: &Path, index: usize) -> PathBuf {
     dir.join(format!("{STAGE_CHECKPOINT_PREFIX}{}", index + 1))
 }
 
-/// How [`run_stages`] runs.
+/// Checkpoint folder, resume flag and step limit of [`run_stages`].
 #[derive(Debug, Clone)]
 pub struct StageRun {
-    /// Run folder holding the stage checkpoints, or `None` for no checkpoints.
+    /// Run folder containing the stage checkpoints, or `None` for no checkpoints.
     pub dir: Option<PathBuf>,
     /// Continue the run checkpointed in `dir`.
     pub resume: bool,
@@ -225,7 +225,7 @@ fn settings(
 /// Fine-tunes `model` on `train` as fastai's IMDb example: `fit_one_cycle(frozen_epochs,
 /// frozen_lr)` with only the last group trainable, then `unfreeze()` and
 /// `fit_one_cycle(unfrozen_epochs, unfrozen_lr)`, momentum 0.8 -> 0.7 -> 0.8, weight
-/// decay 0.1, AR 2 and TAR 1, with stage checkpoints and resuming as `run` says (see
+/// decay 0.1, AR 2 and TAR 1, with stage checkpoints and resuming set by `run` (see
 /// [`run_stages`]). Returns the model and the outcome.
 #[allow(clippy::too_many_arguments)]
 pub fn finetune(
