@@ -434,3 +434,34 @@ fn multi_label_classify_predict() {
         assert_eq!(result["labels"], serde_json::json!(over), "text {index}");
     }
 }
+
+/// Runs `ulmfit` with `args`, expecting it to fail, and returns its stderr.
+fn ulmfit_fails(args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ulmfit"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "ulmfit {args:?} succeeded");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn device_cuda_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let out = out.to_str().unwrap();
+    for command in ["lm-finetune", "classify"] {
+        let model_flag = if command == "classify" {
+            "--encoder"
+        } else {
+            "--model"
+        };
+        let stderr = ulmfit_fails(&[
+            command, model_flag, "missing", "--data", "missing", "--out", out, "--device", "cuda",
+        ]);
+        assert!(
+            stderr.contains("--device cuda is not supported"),
+            "{command}: {stderr}"
+        );
+    }
+}

@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use candle_core::Device;
 use clap::{Args, ValueEnum};
 
 use super::data::DataArgs;
+use super::training::{select_device, DeviceName};
 use crate::model::classifier::{DEFAULT_BPTT, DEFAULT_HEAD_HIDDEN, DEFAULT_MAX_LEN};
 use crate::model::{Classifier, ClassifierConfig, DropoutConfig};
 use crate::pipeline::classify::{
@@ -131,6 +131,10 @@ pub struct ClassifyArgs {
     #[arg(long, value_name = "FILE")]
     pub log_json: Option<PathBuf>,
 
+    /// Device to train on. Only `cpu` is supported by this build.
+    #[arg(long, value_enum, default_value = "cpu", value_name = "DEVICE")]
+    pub device: DeviceName,
+
     #[command(flatten)]
     pub data_options: DataArgs,
 }
@@ -143,7 +147,8 @@ pub fn run(args: ClassifyArgs, progress: bool) -> anyhow::Result<()> {
             args.valid_fraction
         );
     }
-    let loaded = model_folder::load(&args.encoder, &Device::Cpu).with_context(|| {
+    let device = select_device(args.device)?;
+    let loaded = model_folder::load(&args.encoder, &device).with_context(|| {
         format!(
             "failed to load the language model in {}",
             args.encoder.display()
@@ -278,7 +283,7 @@ pub fn run(args: ClassifyArgs, progress: bool) -> anyhow::Result<()> {
         if stage.epochs == 0 {
             continue;
         }
-        let settings = stage_settings(stage, index, args.seed);
+        let settings = stage_settings(stage, index, args.seed, None);
         let mut next = match trainer.take() {
             None => Trainer::new(&mut task, settings, options())?,
             Some(previous) => previous.next_stage(&mut task, settings, options())?,

@@ -3,18 +3,95 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use candle_core::Device;
 use clap::Args;
+use serde::{Deserialize, Serialize};
 
 use super::data::DataArgs;
+use super::training::{run_folder, select_device, settings_of_run, DeviceName};
 use crate::pipeline::finetune::{
-    finetune, prepare_model, target_vocab, tokenize, write_tokens, FinetuneSchedule,
-    FINETUNE_DROPOUT_MULTIPLIER, FROZEN_LR, UNFROZEN_LR,
+    finetune, prepare_model, target_vocab, tokenize, write_tokens, FinetuneSchedule, StageRun,
+    FINETUNE_DROPOUT_MULTIPLIER, FROZEN_LR, STAGE_CHECKPOINT_PREFIX, UNFROZEN_LR,
 };
 use crate::pipeline::model_folder::{self, ModelFolderConfig, ModelKind};
 use crate::rng::Rng;
 use crate::text::readers::{read_all, LabelRequirement};
 use crate::train::RunOptions;
+
+/// File in the output folder with the run's settings.
+const SETTINGS_FILE: &str = "lm-finetune.json";
+
+/// Settings of `ulmfit lm-finetune` saved in the output folder and checked on resume.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct LmFinetuneSettings {
+    /// Pretrained language-model folder (from `pretrain` or `import-fastai`).
+    #[arg(long, value_name = "DIR", required_unless_present = "resume")]
+    pub model: Option<PathBuf>,
+
+    /// Target texts (labels ignored).
+    #[arg(long, num_args = 1.., required_unless_present = "resume", value_name = "PATH")]
+    pub data: Vec<PathBuf>,
+
+    /// Unfrozen epochs [default: 1; fastai's example: 10].
+    #[arg(long, value_name = "N")]
+    pub epochs: Option<usize>,
+
+    /// Peak learning rate of the unfrozen epochs [default: 2e-3].
+    #[arg(long, value_name = "X")]
+    pub lr: Option<f64>,
+
+    /// Peak learning rate of the frozen first epoch [default: 2e-2].
+    #[arg(long, value_name = "X")]
+    pub frozen_lr: Option<f64>,
+
+    /// Frozen epochs before unfreezing [default: 1].
+    #[arg(long, value_name = "N")]
+    pub frozen_epochs: Option<usize>,
+
+    /// Share of the documents held out for validation [default: 0.1].
+    #[arg(long, value_name = "F")]
+    pub valid_fraction: Option<f64>,
+
+    /// Rows per batch [default: 64].
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
+
+    /// Tokens per window [default: 72].
+    #[arg(long, value_name = "N")]
+    pub bptt: Option<usize>,
+
+    /// Dropout multiplier [default: 0.3].
+    #[arg(long, value_name = "X")]
+    pub drop_mult: Option<f32>,
+
+    /// Seed of the validation split, data order and dropout [default: 0].
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+
+    /// Also write a checkpoint every N optimizer steps (one is always written at each
+    /// epoch end).
+    #[arg(long, value_name = "N")]
+    pub save_every: Option<usize>,
+}
+
+impl LmFinetuneSettings {
+    /// Returns these settings with every default filled in.
+    fn resolved(&self) -> Self {
+        Self {
+            model: self.model.clone(),
+            data: self.data.clone(),
+            epochs: Some(self.epochs.unwrap_or(1)),
+            lr: Some(self.lr.unwrap_or(UNFROZEN_LR)),
+            frozen_lr: Some(self.frozen_lr.unwrap_or(FROZEN_LR)),
+            frozen_epochs: Some(self.frozen_epochs.unwrap_or(1)),
+            valid_fraction: Some(self.valid_fraction.unwrap_or(0.1)),
+            batch_size: Some(self.batch_size.unwrap_or(64)),
+            bptt: Some(self.bptt.unwrap_or(72)),
+            drop_mult: Some(self.drop_mult.unwrap_or(FINETUNE_DROPOUT_MULTIPLIER)),
+            seed: Some(self.seed.unwrap_or(0)),
+            save_every: self.save_every,
+        }
+    }
+}
 
 /// Arguments of `ulmfit lm-finetune`.
 #[derive(Debug, Args)]
@@ -24,53 +101,26 @@ with the model remapped to it, drop_mult 0.3, 1 epoch training only the embeddin
 decoder at 2e-2, then unfrozen epochs at --lr 2e-3, momentum 0.8 -> 0.7 -> 0.8, weight \
 decay 0.1. fastai runs 10 unfrozen epochs; the default here is 1 for CPU practicality.")]
 pub struct LmFinetuneArgs {
-    /// Pretrained language-model folder (from `pretrain` or `import-fastai`).
+    #[command(flatten)]
+    pub settings: LmFinetuneSettings,
+
+    /// Output model folder, also holding the run settings and stage checkpoints.
+    /// Optional with `--resume`.
+    #[arg(long, value_name = "DIR", required_unless_present = "resume")]
+    pub out: Option<PathBuf>,
+
+    /// Continue the run in this output folder with its saved settings. Options given
+    /// again must have their saved values.
     #[arg(long, value_name = "DIR")]
-    pub model: PathBuf,
+    pub resume: Option<PathBuf>,
 
-    /// Target texts (labels ignored).
-    #[arg(long, num_args = 1.., required = true, value_name = "PATH")]
-    pub data: Vec<PathBuf>,
+    /// Device to train on. Only `cpu` is supported by this build.
+    #[arg(long, value_enum, default_value = "cpu", value_name = "DEVICE")]
+    pub device: DeviceName,
 
-    /// Output model folder.
-    #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
-
-    /// Unfrozen epochs (fastai's example: 10).
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub epochs: usize,
-
-    /// Peak learning rate of the unfrozen epochs.
-    #[arg(long, default_value_t = UNFROZEN_LR, value_name = "X")]
-    pub lr: f64,
-
-    /// Peak learning rate of the frozen first epoch.
-    #[arg(long, default_value_t = FROZEN_LR, value_name = "X")]
-    pub frozen_lr: f64,
-
-    /// Frozen epochs before unfreezing.
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub frozen_epochs: usize,
-
-    /// Share of the documents held out for validation.
-    #[arg(long, default_value_t = 0.1, value_name = "F")]
-    pub valid_fraction: f64,
-
-    /// Rows per batch.
-    #[arg(long, default_value_t = 64, value_name = "N")]
-    pub batch_size: usize,
-
-    /// Tokens per window.
-    #[arg(long, default_value_t = 72, value_name = "N")]
-    pub bptt: usize,
-
-    /// Dropout multiplier.
-    #[arg(long, default_value_t = FINETUNE_DROPOUT_MULTIPLIER, value_name = "X")]
-    pub drop_mult: f32,
-
-    /// Seed of the validation split, data order and dropout.
-    #[arg(long, default_value_t = 0, value_name = "S")]
-    pub seed: u64,
+    /// Stop after this many optimizer steps, leaving a checkpoint to resume from.
+    #[arg(long, value_name = "N", hide = true)]
+    pub max_steps: Option<usize>,
 
     /// Append one JSON object per epoch to this file.
     #[arg(long, value_name = "FILE")]
@@ -82,21 +132,40 @@ pub struct LmFinetuneArgs {
 
 /// Runs `ulmfit lm-finetune`.
 pub fn run(args: LmFinetuneArgs, progress: bool) -> anyhow::Result<()> {
-    if !(0.0..1.0).contains(&args.valid_fraction) {
-        bail!(
-            "--valid-fraction {} must lie in [0, 1)",
-            args.valid_fraction
-        );
+    let device = select_device(args.device)?;
+    let out = run_folder(
+        args.out.as_ref(),
+        args.resume.as_ref(),
+        STAGE_CHECKPOINT_PREFIX,
+    )?;
+    let resuming = args.resume.is_some();
+    let given = &args.settings;
+    if let Some(fraction) = given.valid_fraction.filter(|f| !(0.0..1.0).contains(f)) {
+        bail!("--valid-fraction {fraction} must lie in [0, 1)");
     }
-    let loaded = model_folder::load(&args.model, &Device::Cpu).with_context(|| {
+    let settings = settings_of_run(
+        &out,
+        SETTINGS_FILE,
+        given,
+        LmFinetuneSettings::resolved,
+        resuming,
+    )?
+    .resolved();
+    let model_dir = settings
+        .model
+        .clone()
+        .context("--model is required for a new run")?;
+    let seed = settings.seed.unwrap_or(0);
+    let valid_fraction = settings.valid_fraction.unwrap_or(0.1);
+    let loaded = model_folder::load(&model_dir, &device).with_context(|| {
         format!(
             "failed to load the language model in {}",
-            args.model.display()
+            model_dir.display()
         )
     })?;
     let options = args.data_options.read_options(LabelRequirement::Ignored);
-    let mut documents = read_all(&args.data, &options)?.documents;
-    Rng::seed(args.seed).shuffle(&mut documents);
+    let mut documents = read_all(&settings.data, &options)?.documents;
+    Rng::seed(seed).shuffle(&mut documents);
     let texts: Vec<&str> = documents.iter().map(|d| d.text.as_str()).collect();
     let tokens = tokenize(&loaded.tokenizer, &texts)?;
     let is_word = matches!(
@@ -109,32 +178,33 @@ pub fn run(args: LmFinetuneArgs, progress: bool) -> anyhow::Result<()> {
     } else {
         loaded.vocab.clone()
     };
-    let model = prepare_model(&loaded.model, &loaded.vocab, &vocab, args.drop_mult)?;
+    let drop_mult = settings.drop_mult.unwrap_or(FINETUNE_DROPOUT_MULTIPLIER);
+    let model = prepare_model(&loaded.model, &loaded.vocab, &vocab, drop_mult)?;
     tracing::info!(
         "target vocabulary of {} tokens ({} in the pretrained one)",
         vocab.len(),
         loaded.vocab.len()
     );
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("failed to create {}", args.out.display()))?;
-    let n_valid = (tokens.len() as f64 * args.valid_fraction).round() as usize;
+    let n_valid = (tokens.len() as f64 * valid_fraction).round() as usize;
     let (train_tokens, valid_tokens) = tokens.split_at(tokens.len() - n_valid);
-    let train = write_tokens(&args.out.join("train.tok"), &vocab, train_tokens)?;
+    let train = write_tokens(&out.join("train.tok"), &vocab, train_tokens)?;
     let valid = if valid_tokens.is_empty() {
         None
     } else {
-        Some(write_tokens(
-            &args.out.join("valid.tok"),
-            &vocab,
-            valid_tokens,
-        )?)
+        Some(write_tokens(&out.join("valid.tok"), &vocab, valid_tokens)?)
     };
     let schedule = FinetuneSchedule {
-        frozen_epochs: args.frozen_epochs,
-        frozen_lr: args.frozen_lr,
-        unfrozen_epochs: args.epochs,
-        unfrozen_lr: args.lr,
-        seed: args.seed,
+        frozen_epochs: settings.frozen_epochs.unwrap_or(1),
+        frozen_lr: settings.frozen_lr.unwrap_or(FROZEN_LR),
+        unfrozen_epochs: settings.epochs.unwrap_or(1),
+        unfrozen_lr: settings.lr.unwrap_or(UNFROZEN_LR),
+        seed,
+        save_every: settings.save_every,
+    };
+    let stage_run = StageRun {
+        dir: Some(out.clone()),
+        resume: resuming,
+        max_steps: args.max_steps,
     };
     let run_options = RunOptions {
         json_log: args.log_json.clone(),
@@ -143,16 +213,25 @@ pub fn run(args: LmFinetuneArgs, progress: bool) -> anyhow::Result<()> {
         ..RunOptions::default()
     };
     let backwards = loaded.config.backwards;
-    let (model, records) = finetune(
+    let (model, outcome) = finetune(
         model,
         train,
         valid,
-        args.batch_size,
-        args.bptt,
+        settings.batch_size.unwrap_or(64),
+        settings.bptt.unwrap_or(72),
         backwards,
         schedule,
+        &stage_run,
         run_options,
     )?;
+    if !outcome.finished {
+        println!(
+            "{}",
+            serde_json::json!({ "stopped": true, "resume": out, "epochs_run": outcome.records.len() })
+        );
+        return Ok(());
+    }
+    let records = outcome.records;
     let folder = ModelFolderConfig {
         kind: ModelKind::LanguageModel,
         model: model.config().clone(),
@@ -163,9 +242,9 @@ pub fn run(args: LmFinetuneArgs, progress: bool) -> anyhow::Result<()> {
         crate::text::tokenizer::Splitter::Subword(model) => Some(model.as_ref().clone()),
         _ => None,
     };
-    model_folder::save(&args.out, &folder, &model, &vocab, &rules, subword.as_ref())
-        .with_context(|| format!("failed to write the model folder {}", args.out.display()))?;
-    let mut summary = serde_json::json!({ "model": args.out, "vocab_size": vocab.len() });
+    model_folder::save(&out, &folder, &model, &vocab, &rules, subword.as_ref())
+        .with_context(|| format!("failed to write the model folder {}", out.display()))?;
+    let mut summary = serde_json::json!({ "model": out, "vocab_size": vocab.len() });
     if let Some(last) = records.last() {
         summary["train_loss"] = last.train_loss.into();
         summary["valid_loss"] = last.valid_loss.into();

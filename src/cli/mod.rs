@@ -14,6 +14,7 @@ mod perplexity;
 mod predict;
 mod pretrain;
 mod tokenize;
+mod training;
 mod vocab;
 
 use std::io::IsTerminal;

@@ -10,13 +10,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use candle_core::Device;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use super::corpus::{document_spinner, for_each_chunk};
 use super::data::DataArgs;
 use super::numericalize::{encode_documents, load_tokenizer};
+use super::training::{select_device, DeviceName};
 use super::vocab::count_tokens;
 use crate::model::{AwdLstmConfig, DEFAULT_AR_ALPHA, DEFAULT_TAR_BETA};
 use crate::pipeline::model_folder::{self, ModelFolderConfig, ModelKind};
@@ -44,15 +44,6 @@ const DEFAULT_HIDDEN_SIZE: usize = 600;
 const DEFAULT_LAYERS: usize = 3;
 /// Default number of epochs (fastai's WikiText-103 run: 12).
 const DEFAULT_EPOCHS: usize = 1;
-
-/// Devices accepted by `--device`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DeviceName {
-    /// The CPU.
-    Cpu,
-    /// The first CUDA GPU.
-    Cuda,
-}
 
 /// Data and model options shared by `pretrain` and `lr-find`.
 #[derive(Debug, Args)]
@@ -319,18 +310,6 @@ pub fn run_lr_find(args: LrFindArgs, progress: bool) -> anyhow::Result<()> {
         None => tracing::warn!("no suggestion: the sweep stopped before the loss had a valley; lower --start-lr or raise --iterations"),
     }
     Ok(())
-}
-
-/// Returns the device named by `--device`.
-fn select_device(name: DeviceName) -> anyhow::Result<Device> {
-    match name {
-        DeviceName::Cpu => Ok(Device::Cpu),
-        // NOTE: the fused LSTM kernel has a CPU implementation only, so even a Candle
-        // built with CUDA could not train this model on a GPU yet.
-        DeviceName::Cuda => bail!(
-            "--device cuda is not supported: this build of ulmfit has no CUDA support and its LSTM kernel runs on the CPU only; use --device cpu"
-        ),
-    }
 }
 
 /// A vocabulary loaded from the output folder, with its tokenizer.

@@ -153,8 +153,14 @@ pub fn gradual_unfreezing(lr: f64, final_epochs: usize) -> Vec<UnfreezeStage> {
 }
 
 /// Returns the trainer settings of one stage: one-cycle with momentum 0.8 -> 0.7 -> 0.8
-/// and Adam with fastai's default decoupled weight decay 0.01.
-pub fn stage_settings(stage: &UnfreezeStage, index: usize, seed: u64) -> TrainSettings {
+/// and Adam with fastai's default decoupled weight decay 0.01, with a checkpoint every
+/// `save_every` optimizer steps besides each epoch end.
+pub fn stage_settings(
+    stage: &UnfreezeStage,
+    index: usize,
+    seed: u64,
+    save_every: Option<usize>,
+) -> TrainSettings {
     TrainSettings {
         stage: format!("classify stage {}", index + 1),
         epochs: stage.epochs,
@@ -168,12 +174,23 @@ pub fn stage_settings(stage: &UnfreezeStage, index: usize, seed: u64) -> TrainSe
         accumulate: 1,
         freeze_to: stage.freeze_to,
         seed: seed.wrapping_add(index as u64),
-        save_every: None,
+        save_every,
     }
 }
 
 /// Order of the training documents within an epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum BatchOrder {
     /// fastai's `SortedDL` order: batches of documents of similar length, in random
     /// order. It pads least, but BatchNorm then normalises each batch over one length range.

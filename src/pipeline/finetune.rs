@@ -1,7 +1,7 @@
 //! Fine-tuning a pretrained language model on the target corpus (ULMFiT's second stage):
 //! a target vocabulary, the model remapped to it, and fastai's two-stage schedule.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -13,8 +13,110 @@ use crate::text::token_file::{TokenFile, TokenFileWriter};
 use crate::text::tokenizer::Tokenizer;
 use crate::text::vocab::{TokenCounter, Vocab, DEFAULT_MAX_VOCAB, DEFAULT_MIN_FREQ};
 use crate::train::{
-    AdamConfig, EpochRecord, LrSpec, OneCycle, RunOptions, Schedule, TrainSettings, Trainer,
+    AdamConfig, EpochRecord, LrSpec, OneCycle, RunOptions, Schedule, TrainSettings, TrainTask,
+    Trainer,
 };
+
+/// Prefix of the stage checkpoint folders in a run folder: stage K (from 1) checkpoints
+/// into `checkpoint-stage-K`.
+pub const STAGE_CHECKPOINT_PREFIX: &str = "checkpoint-stage-";
+
+/// Returns the checkpoint folder of stage `index` (from 0) in the run folder `dir`.
+pub fn stage_checkpoint_dir(dir: &Path, index: usize) -> PathBuf {
+    dir.join(format!("{STAGE_CHECKPOINT_PREFIX}{}", index + 1))
+}
+
+/// Checkpoint folder, resume flag and step limit of [`run_stages`].
+#[derive(Debug, Clone)]
+pub struct StageRun {
+    /// Run folder containing the stage checkpoints, or `None` for no checkpoints.
+    pub dir: Option<PathBuf>,
+    /// Continue the run checkpointed in `dir`.
+    pub resume: bool,
+    /// Stop after this many optimizer steps in this call, all stages together.
+    pub max_steps: Option<usize>,
+}
+
+/// Result of [`run_stages`].
+#[derive(Debug, Default)]
+pub struct StagesOutcome {
+    /// Records of the epochs finished by this call.
+    pub records: Vec<EpochRecord>,
+    /// Whether every stage has finished (false when `max_steps` stopped the run).
+    pub finished: bool,
+}
+
+/// Trains `task` through `stages` (stage index, settings), each stage keeping the
+/// optimizer moments of the previous one. Each stage checkpoints into
+/// [`stage_checkpoint_dir`]. When resuming, the latest stage with a checkpoint is
+/// resumed from it (its stored settings must equal the expected ones), and the later
+/// stages run after it; earlier stages are skipped, their result being in that checkpoint.
+pub fn run_stages<T: TrainTask>(
+    task: &mut T,
+    stages: &[(usize, TrainSettings)],
+    run: &StageRun,
+    options: &RunOptions,
+) -> anyhow::Result<StagesOutcome> {
+    let options_of = |index: usize| RunOptions {
+        checkpoint_dir: run
+            .dir
+            .as_deref()
+            .map(|dir| stage_checkpoint_dir(dir, index)),
+        ..options.clone()
+    };
+    let mut start = 0;
+    let mut trainer: Option<Trainer> = None;
+    if run.resume {
+        let dir = run
+            .dir
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("resuming needs the run folder"))?;
+        let latest = stages
+            .iter()
+            .rposition(|(index, _)| stage_checkpoint_dir(dir, *index).exists());
+        if let Some(position) = latest {
+            let (index, settings) = &stages[position];
+            let serde_json::Value::Object(expected) = serde_json::to_value(settings)? else {
+                anyhow::bail!("stage settings are not a JSON object");
+            };
+            let checkpoint = stage_checkpoint_dir(dir, *index);
+            let resume_options = RunOptions {
+                max_steps: run.max_steps,
+                ..options_of(*index)
+            };
+            let resumed = Trainer::resume(task, &checkpoint, &expected, resume_options)
+                .with_context(|| format!("failed to resume from {}", checkpoint.display()))?;
+            trainer = Some(resumed);
+            start = position;
+        }
+    }
+    let mut outcome = StagesOutcome::default();
+    let mut steps_left = run.max_steps;
+    for (position, (index, settings)) in stages.iter().enumerate().skip(start) {
+        let mut stage_options = options_of(*index);
+        stage_options.max_steps = steps_left;
+        let mut current = match trainer.take() {
+            Some(resumed) if position == start && run.resume => resumed,
+            Some(previous) => previous.next_stage(task, settings.clone(), stage_options)?,
+            None => Trainer::new(task, settings.clone(), stage_options)?,
+        };
+        if !current.is_done() {
+            if steps_left == Some(0) {
+                return Ok(outcome);
+            }
+            let before = current.state().opt_step;
+            outcome.records.extend(current.fit(task)?);
+            let taken = current.state().opt_step - before;
+            steps_left = steps_left.map(|left| left.saturating_sub(taken));
+            if !current.is_done() {
+                return Ok(outcome);
+            }
+        }
+        trainer = Some(current);
+    }
+    outcome.finished = true;
+    Ok(outcome)
+}
 
 /// fastai's learning rate of the frozen first epoch.
 pub const FROZEN_LR: f64 = 2e-2;
@@ -88,9 +190,18 @@ pub struct FinetuneSchedule {
     pub unfrozen_lr: f64,
     /// Seed of the data order and dropout.
     pub seed: u64,
+    /// Write a checkpoint every this many optimizer steps (besides each epoch end).
+    pub save_every: Option<usize>,
 }
 
-fn settings(stage: &str, epochs: usize, lr: f64, freeze_to: isize, seed: u64) -> TrainSettings {
+fn settings(
+    stage: &str,
+    epochs: usize,
+    lr: f64,
+    freeze_to: isize,
+    seed: u64,
+    save_every: Option<usize>,
+) -> TrainSettings {
     TrainSettings {
         stage: stage.into(),
         epochs,
@@ -107,14 +218,15 @@ fn settings(stage: &str, epochs: usize, lr: f64, freeze_to: isize, seed: u64) ->
         accumulate: 1,
         freeze_to,
         seed,
-        save_every: None,
+        save_every,
     }
 }
 
 /// Fine-tunes `model` on `train` as fastai's IMDb example: `fit_one_cycle(frozen_epochs,
 /// frozen_lr)` with only the last group trainable, then `unfreeze()` and
 /// `fit_one_cycle(unfrozen_epochs, unfrozen_lr)`, momentum 0.8 -> 0.7 -> 0.8, weight
-/// decay 0.1, AR 2 and TAR 1. Returns the model and the epoch records.
+/// decay 0.1, AR 2 and TAR 1, with stage checkpoints and resuming set by `run` (see
+/// [`run_stages`]). Returns the model and the outcome.
 #[allow(clippy::too_many_arguments)]
 pub fn finetune(
     model: LanguageModel,
@@ -124,8 +236,9 @@ pub fn finetune(
     bptt: usize,
     backwards: bool,
     schedule: FinetuneSchedule,
+    run: &StageRun,
     options: RunOptions,
-) -> anyhow::Result<(LanguageModel, Vec<EpochRecord>)> {
+) -> anyhow::Result<(LanguageModel, StagesOutcome)> {
     let task_settings = LmTaskSettings {
         batch_size,
         bptt,
@@ -134,8 +247,6 @@ pub fn finetune(
         tar_beta: DEFAULT_TAR_BETA,
     };
     let mut task = LmTask::new(model, train, valid, task_settings)?;
-    let mut records = Vec::new();
-    let mut trainer: Option<Trainer> = None;
     let stages = [
         (
             "lm-finetune frozen",
@@ -150,17 +261,16 @@ pub fn finetune(
             0,
         ),
     ];
-    for (index, (name, epochs, lr, freeze_to)) in stages.into_iter().enumerate() {
-        if epochs == 0 {
-            continue;
-        }
-        let stage = settings(name, epochs, lr, freeze_to, schedule.seed + index as u64);
-        let mut next = match trainer.take() {
-            None => Trainer::new(&mut task, stage, options.clone())?,
-            Some(previous) => previous.next_stage(&mut task, stage, options.clone())?,
-        };
-        records.extend(next.fit(&mut task)?);
-        trainer = Some(next);
-    }
-    Ok((task.into_model(), records))
+    let stages: Vec<(usize, TrainSettings)> = stages
+        .into_iter()
+        .enumerate()
+        .filter(|(_, (_, epochs, _, _))| *epochs > 0)
+        .map(|(index, (name, epochs, lr, freeze_to))| {
+            let seed = schedule.seed + index as u64;
+            let stage = settings(name, epochs, lr, freeze_to, seed, schedule.save_every);
+            (index, stage)
+        })
+        .collect();
+    let outcome = run_stages(&mut task, &stages, run, &options)?;
+    Ok((task.into_model(), outcome))
 }
