@@ -465,3 +465,145 @@ fn device_cuda_is_a_clear_error() {
         );
     }
 }
+
+/// Trains a tiny language model on synthetic reviews and returns its folder.
+fn tiny_encoder(dir: &std::path::Path) -> (String, std::path::PathBuf) {
+    let corpus = dir.join("corpus.jsonl");
+    write_reviews(&corpus, 120, 4);
+    let lm = dir.join("lm").to_str().unwrap().to_string();
+    ulmfit(&[
+        "pretrain",
+        "--out",
+        &lm,
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--embedding-size",
+        "8",
+        "--hidden-size",
+        "12",
+        "--batch-size",
+        "8",
+        "--bptt",
+        "16",
+        "--epochs",
+        "1",
+    ]);
+    (lm, corpus)
+}
+
+#[test]
+fn classify_resume_matches_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (lm, _) = tiny_encoder(dir.path());
+    let train = dir.path().join("train.jsonl");
+    write_reviews(&train, 80, 5);
+    let train_arg = train.to_str().unwrap();
+    let common = [
+        "classify",
+        "--encoder",
+        lm.as_str(),
+        "--data",
+        train_arg,
+        "--batch-size",
+        "8",
+        "--bptt",
+        "8",
+        "--epochs",
+        "1",
+        "--save-every",
+        "2",
+        "--seed",
+        "3",
+    ];
+    let full = dir.path().join("full");
+    let mut args = common.to_vec();
+    args.extend(["--out", full.to_str().unwrap()]);
+    ulmfit(&args);
+    assert!(
+        full.join("checkpoint-stage-1").is_dir(),
+        "a stage checkpoint is written"
+    );
+
+    // The same run stopped after 5 optimizer steps, then resumed from its folder.
+    let parted = dir.path().join("parted");
+    let mut args = common.to_vec();
+    args.extend(["--out", parted.to_str().unwrap(), "--max-steps", "5"]);
+    let stopped = ulmfit(&args);
+    assert!(String::from_utf8_lossy(&stopped.stdout).contains("\"stopped\":true"));
+    let mut args = common.to_vec();
+    args.extend(["--resume", parted.to_str().unwrap()]);
+    ulmfit(&args);
+
+    let weights = |folder: &std::path::Path| {
+        let tensors = candle_core::safetensors::load(
+            folder.join("model.safetensors"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let mut names: Vec<_> = tensors.keys().cloned().collect();
+        names.sort();
+        names
+            .iter()
+            .map(|name| {
+                tensors[name]
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(weights(&parted), weights(&full));
+
+    // Resuming with another learning rate is an error that names it.
+    let message = ulmfit_fails(&[
+        "classify",
+        "--encoder",
+        lm.as_str(),
+        "--data",
+        train_arg,
+        "--resume",
+        parted.to_str().unwrap(),
+        "--lr",
+        "0.5",
+    ]);
+    assert!(message.contains("lr"), "{message}");
+}
+
+#[test]
+fn lm_finetune_resume_matches_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (lm, _) = tiny_encoder(dir.path());
+    let train = dir.path().join("train.jsonl");
+    write_reviews(&train, 80, 6);
+    let common = [
+        "lm-finetune",
+        "--model",
+        lm.as_str(),
+        "--data",
+        train.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--bptt",
+        "8",
+        "--save-every",
+        "2",
+    ];
+    let full = dir.path().join("full");
+    let mut args = common.to_vec();
+    args.extend(["--out", full.to_str().unwrap()]);
+    ulmfit(&args);
+
+    let parted = dir.path().join("parted");
+    let mut args = common.to_vec();
+    args.extend(["--out", parted.to_str().unwrap(), "--max-steps", "3"]);
+    let stopped = ulmfit(&args);
+    assert!(String::from_utf8_lossy(&stopped.stdout).contains("\"stopped\":true"));
+    ulmfit(&["lm-finetune", "--resume", parted.to_str().unwrap()]);
+
+    let full_weights = std::fs::read(full.join("model.safetensors")).unwrap();
+    let resumed_weights = std::fs::read(parted.join("model.safetensors")).unwrap();
+    assert!(full_weights == resumed_weights, "resumed weights differ");
+}

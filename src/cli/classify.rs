@@ -1,13 +1,13 @@
 //! `ulmfit classify`: train a ULMFiT text classifier on a fine-tuned language model with
 //! fastai's gradual unfreezing, and write a classifier folder.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use clap::{Args, ValueEnum};
+use clap::{Args, Parser, ValueEnum};
 
 use super::data::DataArgs;
-use super::training::{select_device, DeviceName};
+use super::training::{run_folder, select_device, DeviceName};
 use crate::model::classifier::{DEFAULT_BPTT, DEFAULT_HEAD_HIDDEN, DEFAULT_MAX_LEN};
 use crate::model::{Classifier, ClassifierConfig, DropoutConfig};
 use crate::pipeline::classify::{
@@ -15,6 +15,7 @@ use crate::pipeline::classify::{
     ClassifierTask, LabelledDocuments, DEFAULT_CLASSIFIER_LR, DEFAULT_FINAL_EPOCHS,
     DEFAULT_MULTI_LABEL_THRESHOLD,
 };
+use crate::pipeline::finetune::{run_stages, StageRun, STAGE_CHECKPOINT_PREFIX};
 use crate::pipeline::model_folder;
 use crate::pipeline::predict::{
     save_classifier, ClassifierFolderConfig, MultiLabel, CLASSIFIER_KIND,
@@ -22,7 +23,7 @@ use crate::pipeline::predict::{
 use crate::rng::Rng;
 use crate::text::readers::{read_all, Document, LabelRequirement};
 use crate::text::BOS;
-use crate::train::{RunOptions, TrainTask, Trainer};
+use crate::train::{RunOptions, TrainError, TrainTask};
 
 /// Class weighting of the loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -49,9 +50,25 @@ pub struct ClassifyArgs {
     #[arg(long, num_args = 1.., required = true, value_name = "PATH")]
     pub data: Vec<PathBuf>,
 
-    /// Output classifier folder.
+    /// Output classifier folder; it also holds the run's settings (`classify.json`) and
+    /// a checkpoint folder per stage.
+    #[arg(long, value_name = "DIR", required_unless_present = "resume")]
+    pub out: Option<PathBuf>,
+
+    /// Continue the run whose output folder is DIR, with the settings saved there. Give
+    /// `--encoder` and `--data` again; an option given again with a different value than
+    /// the saved one is an error.
     #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+    pub resume: Option<PathBuf>,
+
+    /// Write a checkpoint every N optimizer steps, besides the end of each epoch.
+    #[arg(long, value_name = "N")]
+    pub save_every: Option<usize>,
+
+    /// Stop after N optimizer steps over all stages, leaving checkpoints to resume from
+    /// (for time-boxed runs).
+    #[arg(long, value_name = "N", hide = true)]
+    pub max_steps: Option<usize>,
 
     /// Labelled validation data. Default: a random `--valid-fraction` of `--data`.
     #[arg(long, num_args = 1.., value_name = "PATH")]
@@ -139,8 +156,129 @@ pub struct ClassifyArgs {
     pub data_options: DataArgs,
 }
 
+/// File in the output folder with the settings of a run.
+const SETTINGS_FILE: &str = "classify.json";
+
+/// The options of a run that must stay the same when it is resumed.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct RunSettings {
+    valid_fraction: f64,
+    backwards: bool,
+    bptt: usize,
+    max_len: usize,
+    hidden: usize,
+    drop_mult: f32,
+    class_weights: bool,
+    epochs: usize,
+    lr: f64,
+    batch_size: usize,
+    multi_label: bool,
+    label_delimiter: String,
+    threshold: f32,
+    batch_order: BatchOrder,
+    seed: u64,
+    save_every: Option<usize>,
+}
+
+impl RunSettings {
+    fn of(args: &ClassifyArgs) -> Self {
+        Self {
+            valid_fraction: args.valid_fraction,
+            backwards: args.backwards,
+            bptt: args.bptt,
+            max_len: args.max_len,
+            hidden: args.hidden,
+            drop_mult: args.drop_mult,
+            class_weights: args.class_weights.is_some(),
+            epochs: args.epochs,
+            lr: args.lr,
+            batch_size: args.batch_size,
+            multi_label: args.multi_label,
+            label_delimiter: args.label_delimiter.clone(),
+            threshold: args.threshold,
+            batch_order: args.batch_order,
+            seed: args.seed,
+            save_every: args.save_every,
+        }
+    }
+
+    fn apply(&self, args: &mut ClassifyArgs) {
+        args.valid_fraction = self.valid_fraction;
+        args.backwards = self.backwards;
+        args.bptt = self.bptt;
+        args.max_len = self.max_len;
+        args.hidden = self.hidden;
+        args.drop_mult = self.drop_mult;
+        args.class_weights = self.class_weights.then_some(ClassWeights::Balanced);
+        args.epochs = self.epochs;
+        args.lr = self.lr;
+        args.batch_size = self.batch_size;
+        args.multi_label = self.multi_label;
+        args.label_delimiter = self.label_delimiter.clone();
+        args.threshold = self.threshold;
+        args.batch_order = self.batch_order;
+        args.seed = self.seed;
+        args.save_every = self.save_every;
+    }
+}
+
+/// Parses an argument list of `classify` alone, to read the options' defaults.
+#[derive(Parser)]
+struct DefaultArgs {
+    #[command(flatten)]
+    args: ClassifyArgs,
+}
+
+/// Saves the settings of a new run in `dir`, or, when resuming, loads the saved ones into
+/// `args`. An option whose value differs both from its default (so it was given) and from
+/// the saved value is an error that names it.
+fn settings_of_run(args: &mut ClassifyArgs, dir: &Path, resuming: bool) -> anyhow::Result<()> {
+    let path = dir.join(SETTINGS_FILE);
+    let given = RunSettings::of(args);
+    if !resuming {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("failed to create {}", dir.display()))?;
+        std::fs::write(&path, serde_json::to_string_pretty(&given)? + "\n")
+            .with_context(|| format!("failed to write {}", path.display()))?;
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("failed to read the run settings {}", path.display()))?;
+    let saved: RunSettings = serde_json::from_str(&text)
+        .with_context(|| format!("invalid run settings {}", path.display()))?;
+    let defaults =
+        DefaultArgs::try_parse_from(["classify", "--encoder", "-", "--data", "-", "--resume", "-"])
+            .map(|defaults| RunSettings::of(&defaults.args))
+            .context("failed to build the default settings")?;
+    let (given_map, saved_map, default_map) = (
+        serde_json::to_value(&given)?,
+        serde_json::to_value(&saved)?,
+        serde_json::to_value(&defaults)?,
+    );
+    for (name, value) in given_map.as_object().into_iter().flatten() {
+        let saved_value = &saved_map[name];
+        if value != &default_map[name] && value != saved_value {
+            return Err(TrainError::ResumeMismatch {
+                setting: name.clone(),
+                saved: saved_value.to_string(),
+                given: value.to_string(),
+            }
+            .into());
+        }
+    }
+    saved.apply(args);
+    Ok(())
+}
+
 /// Runs `ulmfit classify`.
-pub fn run(args: ClassifyArgs, progress: bool) -> anyhow::Result<()> {
+pub fn run(mut args: ClassifyArgs, progress: bool) -> anyhow::Result<()> {
+    let out = run_folder(
+        args.out.as_ref(),
+        args.resume.as_ref(),
+        STAGE_CHECKPOINT_PREFIX,
+    )?;
+    let resuming = args.resume.is_some();
+    settings_of_run(&mut args, &out, resuming)?;
     if !(0.0..1.0).contains(&args.valid_fraction) {
         bail!(
             "--valid-fraction {} must lie in [0, 1)",
@@ -271,26 +409,34 @@ pub fn run(args: ClassifyArgs, progress: bool) -> anyhow::Result<()> {
         task = task.with_multi_label(args.threshold)?;
     }
 
-    let options = || RunOptions {
+    let stages: Vec<_> = gradual_unfreezing(args.lr, args.epochs)
+        .iter()
+        .enumerate()
+        .filter(|(_, stage)| stage.epochs > 0)
+        .map(|(index, stage)| {
+            (
+                index,
+                stage_settings(stage, index, args.seed, args.save_every),
+            )
+        })
+        .collect();
+    let run_options = RunOptions {
         json_log: args.log_json.clone(),
         progress,
         item_unit: "documents",
         ..RunOptions::default()
     };
-    let mut trainer: Option<Trainer> = None;
-    let mut records = Vec::new();
-    for (index, stage) in gradual_unfreezing(args.lr, args.epochs).iter().enumerate() {
-        if stage.epochs == 0 {
-            continue;
-        }
-        let settings = stage_settings(stage, index, args.seed, None);
-        let mut next = match trainer.take() {
-            None => Trainer::new(&mut task, settings, options())?,
-            Some(previous) => previous.next_stage(&mut task, settings, options())?,
-        };
-        records.extend(next.fit(&mut task)?);
-        trainer = Some(next);
+    let stage_run = StageRun {
+        dir: Some(out.clone()),
+        resume: resuming,
+        max_steps: args.max_steps,
+    };
+    let outcome = run_stages(&mut task, &stages, &stage_run, &run_options)?;
+    if !outcome.finished {
+        println!("{}", serde_json::json!({ "stopped": true, "resume": out }));
+        return Ok(());
     }
+    let records = outcome.records;
     // The moving averages reflect the last few batches, which under sortish order
     // contain documents of one length range. The saved model uses the whole set's.
     task.set_population_statistics()?;
@@ -306,8 +452,8 @@ pub fn run(args: ClassifyArgs, progress: bool) -> anyhow::Result<()> {
             delimiter: args.label_delimiter.clone(),
         }),
     };
-    save_classifier(&args.out, &folder, task.model(), &args.encoder)?;
-    let mut summary = serde_json::json!({ "model": args.out, "classes": classes });
+    save_classifier(&out, &folder, task.model(), &args.encoder)?;
+    let mut summary = serde_json::json!({ "model": out, "classes": classes });
     if let Some(last) = records.last() {
         summary["train_loss"] = last.train_loss.into();
     }
