@@ -287,24 +287,12 @@ impl LanguageModel {
 
     /// Writes the parameters to a safetensors file under their canonical names.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        let map: HashMap<String, Tensor> = self.tensors().into_iter().collect();
-        candle_core::safetensors::save(&map, path).map_err(|source| ModelError::File {
-            action: "write",
-            path: path.to_path_buf(),
-            source,
-        })
+        super::save_tensors(self.tensors(), path.as_ref())
     }
 
     /// Reads a model written by [`Self::save`] onto `device`.
     pub fn load(config: AwdLstmConfig, path: impl AsRef<Path>, device: &Device) -> Result<Self> {
-        let path = path.as_ref();
-        let tensors =
-            candle_core::safetensors::load(path, device).map_err(|source| ModelError::File {
-                action: "read",
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let tensors = super::load_tensors(path.as_ref(), device)?;
         Self::from_tensors(config, &tensors)
     }
 

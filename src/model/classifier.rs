@@ -307,24 +307,12 @@ impl Classifier {
 
     /// Writes every tensor to a safetensors file under its canonical name.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        let map: HashMap<String, Tensor> = self.tensors().into_iter().collect();
-        candle_core::safetensors::save(&map, path).map_err(|source| ModelError::File {
-            action: "write",
-            path: path.to_path_buf(),
-            source,
-        })
+        super::save_tensors(self.tensors(), path.as_ref())
     }
 
     /// Reads a classifier written by [`Self::save`] onto `device`.
     pub fn load(config: ClassifierConfig, path: impl AsRef<Path>, device: &Device) -> Result<Self> {
-        let path = path.as_ref();
-        let tensors =
-            candle_core::safetensors::load(path, device).map_err(|source| ModelError::File {
-                action: "read",
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let tensors = super::load_tensors(path.as_ref(), device)?;
         Self::from_tensors(config, &tensors)
     }
 

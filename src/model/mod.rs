@@ -49,6 +49,31 @@ pub enum ModelError {
     },
 }
 
+/// Writes named tensors to a safetensors file.
+pub(crate) fn save_tensors(
+    tensors: Vec<(String, candle_core::Tensor)>,
+    path: &std::path::Path,
+) -> Result<()> {
+    let map: std::collections::HashMap<String, candle_core::Tensor> = tensors.into_iter().collect();
+    candle_core::safetensors::save(&map, path).map_err(|source| ModelError::File {
+        action: "write",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads every tensor of a safetensors file onto `device`.
+pub(crate) fn load_tensors(
+    path: &std::path::Path,
+    device: &candle_core::Device,
+) -> Result<std::collections::HashMap<String, candle_core::Tensor>> {
+    candle_core::safetensors::load(path, device).map_err(|source| ModelError::File {
+        action: "read",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// Checks named tensors against the expected names and shapes, returning one error that
 /// lists every missing, unexpected and wrongly shaped tensor.
 pub(crate) fn check_parameters(
