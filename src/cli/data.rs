@@ -34,7 +34,7 @@ impl EncodingArg {
 /// Options for reading corpora, shared by every command that reads data.
 #[derive(Debug, Args)]
 pub struct DataArgs {
-    /// Input format; by default it follows the path: a folder, `.csv`, `.jsonl`, else text.
+    /// Input format. By default it follows the path: a folder, `.csv`, `.jsonl`, else text.
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub format: Option<Format>,
 

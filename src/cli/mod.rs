@@ -1,5 +1,5 @@
 //! Command-line interface: argument definitions and the code that runs each command.
-//! Results go to stdout; logs, progress bars and errors go to stderr.
+//! Results go to stdout. Logs, progress bars and errors go to stderr.
 
 mod bench;
 mod classify;
@@ -37,7 +37,7 @@ pub struct Cli {
     #[arg(short, long, global = true)]
     pub quiet: bool,
 
-    /// Worker threads for parallel work, at most 1024; 0 uses one per CPU core.
+    /// Worker threads for parallel work, at most 1024 (0 uses one per CPU core).
     #[arg(long, global = true, default_value_t = 0, value_name = "N",
           value_parser = clap::value_parser!(u16).range(0..=1024))]
     pub threads: u16,
@@ -78,7 +78,7 @@ pub enum Command {
 }
 
 /// Sets up `tracing` on stderr: summaries and warnings by default, more with `-v`,
-/// errors only with `--quiet`; the `RUST_LOG` environment variable takes precedence.
+/// errors only with `--quiet`. The `RUST_LOG` environment variable takes precedence.
 /// Colours are used only when stderr is a terminal.
 pub fn init_logging(verbose: u8, quiet: bool) {
     let level = match (quiet, verbose) {

@@ -33,10 +33,16 @@ pub struct NumericalizeArgs {
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
 
-    /// Labels: `required` fails on a document without one; `optional` stores labels when
-    /// every document has one and none otherwise (for example when `unsup/` is read);
-    /// `ignored` stores none.
-    #[arg(long, value_enum, default_value = "optional", value_name = "MODE")]
+    /// Labels to store: `optional` stores them when every document has one, and none
+    /// otherwise (for example when `unsup/` is read). `required` fails on a document
+    /// without a label, and `ignored` stores none.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "optional",
+        value_name = "MODE",
+        hide_possible_values = true
+    )]
     pub labels: LabelRequirement,
 
     #[command(flatten)]

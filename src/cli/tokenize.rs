@@ -22,7 +22,7 @@ const CHUNK_DOCUMENTS: usize = 4096;
 /// Arguments of `ulmfit tokenize`.
 #[derive(Debug, Args)]
 pub struct TokenizeArgs {
-    /// Input file with one document per line; standard input when absent or `-`.
+    /// Input file with one document per line, or standard input when absent or `-`.
     pub file: Option<PathBuf>,
 
     /// Read one JSON object per line and tokenize its `text` field (other fields are

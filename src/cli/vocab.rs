@@ -55,7 +55,7 @@ pub struct VocabBuildArgs {
     #[arg(long, default_value = "fastai", value_name = "NAME")]
     pub rules: String,
 
-    /// Train a subword model of this kind instead of counting words; its
+    /// Train a subword model of this kind instead of counting words. Its
     /// `tokenizer.json` is saved beside the vocabulary.
     #[arg(long, value_enum, value_name = "KIND", requires = "vocab_size")]
     pub subword: Option<SubwordName>,
