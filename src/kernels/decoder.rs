@@ -14,8 +14,9 @@ use candle_core::{
     backend::BackendStorage, bail, CpuStorage, DType, Device, Layout, Result, Shape, Tensor,
     WithDType,
 };
-use gemm::Parallelism;
 use rayon::prelude::*;
+
+use super::{contiguous_slice, parallelism};
 
 /// Positions per chunk: the largest logits block held at once is `CHUNK_ROWS x V`.
 pub const CHUNK_ROWS: usize = 256;
@@ -127,27 +128,6 @@ impl DecoderFloat for f64 {
     }
     fn ln(self) -> Self {
         f64::ln(self)
-    }
-}
-
-fn parallelism() -> Parallelism {
-    let threads = candle_core::utils::get_num_threads();
-    if threads > 1 {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
-    }
-}
-
-fn contiguous_slice<'a, T: WithDType>(
-    storage: &'a CpuStorage,
-    layout: &Layout,
-    operand: &str,
-) -> Result<&'a [T]> {
-    let data = storage.as_slice::<T>()?;
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => bail!("decoder_cross_entropy: {operand} must be contiguous"),
     }
 }
 
@@ -284,9 +264,9 @@ impl FusedDecoderLoss {
         let [(s1, l1), (s2, l2), (s3, l3)] = storages;
         let (rows, features) = l1.shape().dims2()?;
         let classes = l2.shape().dims2()?.0;
-        let hidden = contiguous_slice::<T>(s1, l1, "hidden")?;
-        let weight = contiguous_slice::<T>(s2, l2, "weight")?;
-        let bias = contiguous_slice::<T>(s3, l3, "bias")?;
+        let hidden = contiguous_slice::<T>(s1, l1, "decoder_cross_entropy", "hidden")?;
+        let weight = contiguous_slice::<T>(s2, l2, "decoder_cross_entropy", "weight")?;
+        let bias = contiguous_slice::<T>(s3, l3, "decoder_cross_entropy", "bias")?;
         let dims = (rows, features, classes);
         let (loss, grads) = self.compute(hidden, weight, bias, dims, self.save_for_backward);
         if let Some((grad_h, grad_w, grad_b)) = grads {

@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use candle_core::{
     backend::BackendStorage, bail, CpuStorage, DType, Layout, Result, Shape, Tensor, WithDType,
 };
-use gemm::Parallelism;
+
+use super::{contiguous_slice, parallelism};
 
 /// Outputs of [`lstm_sequence`].
 #[derive(Debug, Clone)]
@@ -183,28 +184,6 @@ impl LstmFloat for f64 {
             CacheData::F64(values) => Some(values),
             CacheData::F32(_) => None,
         }
-    }
-}
-
-fn parallelism() -> Parallelism {
-    let threads = candle_core::utils::get_num_threads();
-    if threads > 1 {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
-    }
-}
-
-/// Returns the contiguous elements of a storage, or an error naming the operand.
-fn contiguous_slice<'a, T: WithDType>(
-    storage: &'a CpuStorage,
-    layout: &Layout,
-    operand: &str,
-) -> Result<&'a [T]> {
-    let data = storage.as_slice::<T>()?;
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => bail!("fused_lstm: {operand} must be contiguous"),
     }
 }
 
@@ -453,18 +432,18 @@ impl candle_core::CustomOp3 for FusedLstm {
         let (storage, cache) = match s1.dtype() {
             DType::F32 => {
                 let (packed, cache) = self.forward::<f32>(
-                    contiguous_slice(s1, l1, "projected inputs")?,
-                    contiguous_slice(s2, l2, "W_hh")?,
-                    contiguous_slice(s3, l3, "initial state")?,
+                    contiguous_slice(s1, l1, "fused_lstm", "projected inputs")?,
+                    contiguous_slice(s2, l2, "fused_lstm", "W_hh")?,
+                    contiguous_slice(s3, l3, "fused_lstm", "initial state")?,
                     dims,
                 );
                 (CpuStorage::F32(packed), cache)
             }
             DType::F64 => {
                 let (packed, cache) = self.forward::<f64>(
-                    contiguous_slice(s1, l1, "projected inputs")?,
-                    contiguous_slice(s2, l2, "W_hh")?,
-                    contiguous_slice(s3, l3, "initial state")?,
+                    contiguous_slice(s1, l1, "fused_lstm", "projected inputs")?,
+                    contiguous_slice(s2, l2, "fused_lstm", "W_hh")?,
+                    contiguous_slice(s3, l3, "fused_lstm", "initial state")?,
                     dims,
                 );
                 (CpuStorage::F64(packed), cache)
