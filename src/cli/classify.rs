@@ -50,8 +50,8 @@ pub struct ClassifyArgs {
     #[arg(long, num_args = 1.., required = true, value_name = "PATH")]
     pub data: Vec<PathBuf>,
 
-    /// Output classifier folder; it also holds the run's settings (`classify.json`) and
-    /// a checkpoint folder per stage.
+    /// Output classifier folder. It also contains the run's settings (`classify.json`)
+    /// and a checkpoint folder per stage.
     #[arg(long, value_name = "DIR", required_unless_present = "resume")]
     pub out: Option<PathBuf>,
 

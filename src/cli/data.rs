@@ -52,7 +52,7 @@ pub struct DataArgs {
     #[arg(long)]
     pub no_header: bool,
 
-    /// How plain-text files are cut into documents.
+    /// Rule that cuts plain-text files into documents.
     #[arg(long, value_enum, default_value = "line", value_name = "MODE")]
     pub documents: DocumentSplit,
 

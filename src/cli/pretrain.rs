@@ -392,7 +392,7 @@ fn build_vocab(lm: &LmArgs, dir: &Path, progress: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What a token file was built from, stored beside it.
+/// Sources of a token file, stored beside it.
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 struct Sources {
     /// Each input path with its size in bytes (0 for folders).
@@ -407,7 +407,7 @@ fn sources_path(token_file: &Path) -> PathBuf {
     token_file.with_extension("sources.json")
 }
 
-/// Numericalizes `paths` into `out`, unless `out` already holds the same inputs
+/// Numericalizes `paths` into `out`, unless `out` already contains the same inputs
 /// numericalized with the same vocabulary.
 fn ensure_token_file(
     paths: &[PathBuf],

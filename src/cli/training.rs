@@ -68,9 +68,9 @@ fn has_checkpoints(dir: &Path, prefix: &str) -> bool {
     })
 }
 
-/// Returns the settings of the run: for a new run `given` with its defaults filled in
-/// (`resolved`), saved as `dir/file`; when resuming, the saved settings, after checking
-/// that every option given again (not null, false or empty) has its saved value.
+/// Returns the settings of the run. A new run gets `given` with its defaults filled in
+/// (`resolved`), saved as `dir/file`. A resumed run gets the saved settings, after a
+/// check that every option given again (not null, false or empty) has its saved value.
 pub fn settings_of_run<S: Serialize + DeserializeOwned>(
     dir: &Path,
     file: &str,

@@ -1,6 +1,6 @@
 //! Reader for `torch.save` checkpoints in both formats PyTorch writes.
 //!
-//! - Zip (PyTorch >= 1.6): `<archive>/data.pkl` holds the pickled object, and each
+//! - Zip (PyTorch >= 1.6): `<archive>/data.pkl` contains the pickled object, and each
 //!   storage is the raw little-endian bytes of the entry `<archive>/data/<key>`.
 //! - Legacy stream (`_use_new_zipfile_serialization=False` and PyTorch < 1.6): five
 //!   pickles back to back (magic number, protocol version 1001, system info, the

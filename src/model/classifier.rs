@@ -134,7 +134,7 @@ pub struct Classifier {
     head: Vec<HeadBlock>,
 }
 
-/// What [`Classifier::forward`] returns.
+/// Output of a classifier forward pass.
 #[derive(Debug, Clone)]
 pub struct ClassifierOutput {
     /// Class scores before softmax, `[batch, n_classes]`, in input order.
@@ -349,8 +349,8 @@ impl Classifier {
     }
 
     /// Runs a training forward pass over `documents`: dropout from `rng`, BatchNorm with
-    /// batch statistics (and updated running statistics). `frozen` tells, per layer group,
-    /// which groups need no backward graph. Returns logits `[batch, n_classes]` in input
+    /// batch statistics (and updated running statistics). `frozen` marks, per layer group,
+    /// the groups that need no backward graph. Returns logits `[batch, n_classes]` in input
     /// order.
     pub fn forward_train(
         &mut self,

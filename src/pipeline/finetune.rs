@@ -50,7 +50,8 @@ pub struct StagesOutcome {
 /// optimizer moments of the previous one. Each stage checkpoints into
 /// [`stage_checkpoint_dir`]. When resuming, the latest stage with a checkpoint is
 /// resumed from it (its stored settings must equal the expected ones), and the later
-/// stages run after it; earlier stages are skipped, their result being in that checkpoint.
+/// stages run after it. Earlier stages are skipped because that checkpoint contains
+/// their result.
 pub fn run_stages<T: TrainTask>(
     task: &mut T,
     stages: &[(usize, TrainSettings)],

@@ -179,7 +179,7 @@ impl LmTask {
 impl TrainTask for LmTask {
     type Batch = LmBatch;
 
-    /// The four fastai language-model groups: one per LSTM layer, then the embedding
+    /// Returns the four fastai language-model groups: one per LSTM layer, then the embedding
     /// with the decoder. Biases get no weight decay.
     fn groups(&self) -> Vec<ParamGroup> {
         let names: HashMap<_, _> = self
@@ -303,7 +303,7 @@ impl TrainTask for LmTask {
         self.model.reset();
     }
 
-    /// The hidden state of each layer, as `{layer}.h` and `{layer}.c`.
+    /// Returns the hidden state of each layer, as `{layer}.h` and `{layer}.c`.
     fn carried_state(&self) -> Vec<(String, Tensor)> {
         let Some(hidden) = self.model.hidden_state() else {
             return Vec::new();

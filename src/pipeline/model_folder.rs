@@ -26,7 +26,7 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 /// File name of the configuration in a model folder.
 pub const CONFIG_FILE: &str = "config.json";
 
-/// What a model folder contains.
+/// Kind of model a folder contains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ModelKind {
@@ -39,7 +39,7 @@ pub enum ModelKind {
 /// Contents of `config.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelFolderConfig {
-    /// What the folder contains.
+    /// Kind of model in the folder.
     pub kind: ModelKind,
     /// The architecture.
     pub model: AwdLstmConfig,
@@ -54,7 +54,7 @@ pub enum ModelFolderError {
     /// A file could not be read or written.
     #[error("failed to {action} {}: {source}", .path.display())]
     Io {
-        /// What was being done.
+        /// Operation that failed.
         action: &'static str,
         /// The file.
         path: PathBuf,

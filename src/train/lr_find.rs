@@ -71,7 +71,7 @@ impl SmoothLoss {
         self.value()
     }
 
-    /// The debiased average (0 before the first loss).
+    /// Returns the debiased average (0 before the first loss).
     pub fn value(&self) -> f64 {
         if self.count == 0 {
             0.0
@@ -125,7 +125,7 @@ impl LrFindResult {
 
     /// Writes the plot of [`Self::plot_svg`] as a PNG image. Text needs a TrueType font:
     /// `$ULMFIT_PLOT_FONT`, or DejaVu Sans or Liberation Sans where Linux distributions
-    /// install them; without one this fails and suggests an SVG file instead.
+    /// install them. Without one this fails and suggests an SVG file instead.
     pub fn plot_png(&self, path: &Path) -> Result<()> {
         register_plot_font()?;
         self.plot_with(

@@ -396,12 +396,12 @@ impl Trainer {
         &self.optimizer
     }
 
-    /// The run settings.
+    /// Returns the run settings.
     pub fn settings(&self) -> &TrainSettings {
         &self.settings
     }
 
-    /// The current position.
+    /// Returns the current position.
     pub fn state(&self) -> &TrainState {
         &self.state
     }

@@ -4,7 +4,7 @@
 
 // Weight dropout (DropConnect) on a weight matrix, and equally on its gradient:
 //   out[k] = keep[k] ? weight[k] * scale : 0   for k < count
-// keep holds one byte per element (0 = dropped); scale is 1 / (1 - p).
+// keep contains one byte per element (0 = dropped), and scale is 1 / (1 - p).
 extern "C" __global__ void weight_dropout_f32(
     const float *weight,
     const unsigned char *keep,

@@ -32,7 +32,7 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
-/// Fails unless `values` holds `expected` elements.
+/// Fails unless `values` contains `expected` elements.
 fn check_len<T>(kernel: &str, name: &str, values: &[T], expected: usize) -> Result<()> {
     if values.len() != expected {
         bail!(
