@@ -15,6 +15,8 @@ use crate::pipeline::finetune::{
 use crate::pipeline::model_folder::{self, ModelFolderConfig, ModelKind};
 use crate::rng::Rng;
 use crate::text::readers::{read_all, LabelRequirement};
+use crate::text::vocab::{DEFAULT_MAX_VOCAB, DEFAULT_MIN_FREQ};
+use crate::text::SPECIAL_TOKENS;
 use crate::train::RunOptions;
 
 /// File in the output folder with the run's settings.
@@ -71,6 +73,21 @@ pub struct LmFinetuneSettings {
     /// epoch end).
     #[arg(long, value_name = "N")]
     pub save_every: Option<usize>,
+
+    /// Keep target-vocabulary words seen at least this many times in the texts read
+    /// [default: 3, as fastai].
+    #[arg(long, value_name = "N")]
+    pub min_freq: Option<u64>,
+
+    /// Maximum target-vocabulary size, the 9 special tokens included [default: 60,000, as
+    /// fastai].
+    #[arg(long, value_name = "N")]
+    pub max_vocab: Option<usize>,
+
+    /// Train on at most this many documents, drawn at random (seeded) from the texts read.
+    /// The vocabulary is still built from every document [default: all].
+    #[arg(long, value_name = "N")]
+    pub max_documents: Option<usize>,
 }
 
 impl LmFinetuneSettings {
@@ -89,6 +106,9 @@ impl LmFinetuneSettings {
             drop_mult: Some(self.drop_mult.unwrap_or(FINETUNE_DROPOUT_MULTIPLIER)),
             seed: Some(self.seed.unwrap_or(0)),
             save_every: self.save_every,
+            min_freq: Some(self.min_freq.unwrap_or(DEFAULT_MIN_FREQ)),
+            max_vocab: Some(self.max_vocab.unwrap_or(DEFAULT_MAX_VOCAB)),
+            max_documents: self.max_documents,
         }
     }
 }
@@ -96,8 +116,8 @@ impl LmFinetuneSettings {
 /// Arguments of `ulmfit lm-finetune`.
 #[derive(Debug, Args)]
 #[command(after_help = "\
-Defaults follow fastai 2.x's IMDb example: a target vocabulary (min_freq 3, max 60,000) \
-with the model remapped to it, drop_mult 0.3, 1 epoch training only the embedding and \
+Defaults follow fastai 2.x's IMDb example: a target vocabulary (--min-freq 3, \
+--max-vocab 60,000) with the model remapped to it, drop_mult 0.3, 1 epoch training only the embedding and \
 decoder at 2e-2, then unfrozen epochs at --lr 2e-3, momentum 0.8 -> 0.7 -> 0.8, weight \
 decay 0.1. fastai runs 10 unfrozen epochs; the default here is 1 for CPU practicality.")]
 pub struct LmFinetuneArgs {
@@ -143,6 +163,15 @@ pub fn run(args: LmFinetuneArgs, progress: bool) -> anyhow::Result<()> {
     if let Some(fraction) = given.valid_fraction.filter(|f| !(0.0..1.0).contains(f)) {
         bail!("--valid-fraction {fraction} must lie in [0, 1)");
     }
+    if let Some(size) = given.max_vocab.filter(|&n| n <= SPECIAL_TOKENS.len()) {
+        bail!(
+            "invalid --max-vocab {size}: it must exceed the {} special tokens, which are always kept",
+            SPECIAL_TOKENS.len()
+        );
+    }
+    if given.max_documents == Some(0) {
+        bail!("invalid --max-documents 0: it must be at least 1");
+    }
     let settings = settings_of_run(
         &out,
         SETTINGS_FILE,
@@ -174,10 +203,25 @@ pub fn run(args: LmFinetuneArgs, progress: bool) -> anyhow::Result<()> {
     );
     // A subword model fixes its vocabulary, so only word vocabularies are rebuilt.
     let vocab = if is_word {
-        target_vocab(&tokens)
+        target_vocab(
+            &tokens,
+            settings.min_freq.unwrap_or(DEFAULT_MIN_FREQ),
+            settings.max_vocab.unwrap_or(DEFAULT_MAX_VOCAB),
+        )
     } else {
         loaded.vocab.clone()
     };
+    // The documents are already shuffled, so the first ones are a random sample.
+    let mut tokens = tokens;
+    if let Some(limit) = settings.max_documents {
+        if limit < tokens.len() {
+            tracing::info!(
+                "training on {limit} of {} documents (--max-documents)",
+                tokens.len()
+            );
+            tokens.truncate(limit);
+        }
+    }
     let drop_mult = settings.drop_mult.unwrap_or(FINETUNE_DROPOUT_MULTIPLIER);
     let model = prepare_model(&loaded.model, &loaded.vocab, &vocab, drop_mult)?;
     tracing::info!(

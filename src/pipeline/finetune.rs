@@ -11,7 +11,7 @@ use super::remap::remap_language_model;
 use crate::model::{LanguageModel, DEFAULT_AR_ALPHA, DEFAULT_TAR_BETA};
 use crate::text::token_file::{TokenFile, TokenFileWriter};
 use crate::text::tokenizer::Tokenizer;
-use crate::text::vocab::{TokenCounter, Vocab, DEFAULT_MAX_VOCAB, DEFAULT_MIN_FREQ};
+use crate::text::vocab::{TokenCounter, Vocab};
 use crate::train::{
     AdamConfig, EpochRecord, LrSpec, OneCycle, RunOptions, Schedule, TrainSettings, TrainTask,
     Trainer,
@@ -128,13 +128,15 @@ pub const FINETUNE_DROPOUT_MULTIPLIER: f32 = 0.3;
 /// fastai's weight decay in its IMDb language-model example.
 pub const FINETUNE_WEIGHT_DECAY: f64 = 0.1;
 
-/// Builds the target vocabulary from tokenized documents (min_freq 3, max 60,000).
-pub fn target_vocab(documents: &[Vec<String>]) -> Vocab {
+/// Builds the target vocabulary from tokenized documents: the words seen at least
+/// `min_freq` times, at most `max_vocab` tokens with the special tokens (fastai: 3 and
+/// 60,000).
+pub fn target_vocab(documents: &[Vec<String>], min_freq: u64, max_vocab: usize) -> Vocab {
     let mut counter = TokenCounter::new();
     for tokens in documents {
         counter.add(tokens);
     }
-    counter.build(DEFAULT_MIN_FREQ, DEFAULT_MAX_VOCAB)
+    counter.build(min_freq, max_vocab)
 }
 
 /// Tokenizes `texts` and returns their tokens, each document starting as the
