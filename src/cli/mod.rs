@@ -5,6 +5,7 @@ mod bench;
 mod classify;
 mod corpus;
 mod data;
+mod export;
 mod generate;
 mod import;
 mod json;
@@ -72,6 +73,8 @@ pub enum Command {
     Classify(classify::ClassifyArgs),
     /// Score texts with classifier folders and print labels and class probabilities.
     Predict(predict::PredictArgs),
+    /// Copy a model folder with its weights stored as f16, bf16 or f32.
+    Export(export::ExportArgs),
     /// Measure throughput.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -134,6 +137,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::LmFinetune(args) => lm_finetune::run(args, progress),
         Command::Classify(args) => classify::run(args, progress),
         Command::Predict(args) => predict::run(args),
+        Command::Export(args) => export::run(args),
         Command::Bench(command) => bench::run(command),
     }
 }

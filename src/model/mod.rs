@@ -62,16 +62,28 @@ pub(crate) fn save_tensors(
     })
 }
 
-/// Reads every tensor of a safetensors file onto `device`.
+/// Reads every tensor of a safetensors file onto `device`. Half-precision tensors (f16,
+/// bf16) are widened to f32, so weights stored at half size load as full models.
 pub(crate) fn load_tensors(
     path: &std::path::Path,
     device: &candle_core::Device,
 ) -> Result<std::collections::HashMap<String, candle_core::Tensor>> {
-    candle_core::safetensors::load(path, device).map_err(|source| ModelError::File {
+    let file_error = |source| ModelError::File {
         action: "read",
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let tensors = candle_core::safetensors::load(path, device).map_err(file_error)?;
+    tensors
+        .into_iter()
+        .map(|(name, tensor)| match tensor.dtype() {
+            candle_core::DType::F16 | candle_core::DType::BF16 => tensor
+                .to_dtype(candle_core::DType::F32)
+                .map(|wide| (name, wide))
+                .map_err(file_error),
+            _ => Ok((name, tensor)),
+        })
+        .collect()
 }
 
 /// Checks named tensors against the expected names and shapes, returning one error that

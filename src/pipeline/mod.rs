@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod classify;
 pub mod evaluate;
+pub mod export;
 pub mod fastai_import;
 pub mod finetune;
 pub mod generate;
