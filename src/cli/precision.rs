@@ -11,7 +11,7 @@ pub enum TrainPrecision {
     #[default]
     F32,
     /// Matrix products of the LSTM layers and the decoder with inputs rounded to
-    /// bfloat16 and f32 sums (AVX512-BF16); parameters, optimizer and all other
+    /// bfloat16 and f32 sums (AVX512-BF16). Parameters, optimizer and all other
     /// operations stay f32.
     Bf16,
 }

@@ -1,9 +1,9 @@
 //! bf16 matrix products with f32 accumulation, for CPUs with AVX512-BF16.
 //!
-//! `C = A B` (or `C += A B`) with f32 inputs and output: both operands are rounded to
-//! bfloat16 (round to nearest even) while they are packed, and the micro-kernel sums
-//! their products in f32 with `vdpbf16ps`, which multiplies pairs of bf16 values along
-//! `k` and adds both products to one f32 lane. The product of two bf16 values is exact
+//! `C = A B` (or `C += A B`) with f32 inputs and output. Both operands are rounded to
+//! bfloat16 (round to nearest even) while they are packed. The micro-kernel sums their
+//! products in f32 with `vdpbf16ps`, which multiplies pairs of bf16 values along `k`
+//! and adds both products to one f32 lane. The product of two bf16 values is exact
 //! in f32, so the error comes from the rounding of the inputs (a relative 2^-9 each)
 //! and from the f32 sums.
 //!

@@ -39,9 +39,9 @@ pub fn decoder_cross_entropy(
     decoder_cross_entropy_with(hidden, weight, bias, targets, Precision::F32)
 }
 
-/// Runs [`decoder_cross_entropy`] with its three matrix products in `precision`:
+/// Runs [`decoder_cross_entropy`] with its three matrix products in `precision`.
 /// [`Precision::Bf16`] packs the weight to bf16 once per call and rounds the
-/// activations of every product, with f32 sums; it applies to f32 inputs only.
+/// activations of every product, with f32 sums. It applies to f32 inputs only.
 /// [`Precision::Int8`] is rejected, because this operation computes gradients.
 pub fn decoder_cross_entropy_with(
     hidden: &Tensor,

@@ -53,7 +53,7 @@ pub fn lstm_sequence(
 /// round their inputs to bf16 and sum in f32. [`Precision::Int8`] serves inference
 /// only and fails when an input tracks gradients. `packed_w_hh`, a weight packed
 /// beforehand by [`PackedWeight::pack`] from `w_hh`, replaces the per-call packing in
-/// inference; it is rejected when an input tracks gradients, because it would miss
+/// inference. It is rejected when an input tracks gradients, because it would miss
 /// changes of `w_hh`.
 pub fn lstm_sequence_with(
     projected: &Tensor,

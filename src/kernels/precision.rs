@@ -170,10 +170,11 @@ pub fn linear_packed(x: &Tensor, w: &Tensor, packed: Option<&Arc<PackedWeight>>)
     Tensor::from_vec(out, (m, n), x.device())?.to_dtype(x.dtype())
 }
 
-/// Returns `op(a) op(b)` with bf16 products and f32 sums, where `op(a)` is `a` `[m, k]`,
-/// or with `a_transposed` the transpose of `a` stored `[k, m]`; likewise `op(b)` is
-/// `[k, n]`, or the transpose of `b` stored `[n, k]`. Both are f32 CPU tensors.
-/// Gradients flow to both, computed with bf16 products too.
+/// Returns `op(a) op(b)` with bf16 products and f32 sums, for f32 CPU tensors.
+///
+/// `op(a)` is `a` `[m, k]`, or with `a_transposed` the transpose of `a` stored
+/// `[k, m]`. Likewise `op(b)` is `b` `[k, n]`, or with `b_transposed` the transpose of
+/// `b` stored `[n, k]`. Gradients flow to both, computed with bf16 products too.
 pub fn bf16_matmul(
     a: &Tensor,
     b: &Tensor,
@@ -355,6 +356,108 @@ mod tests {
                     &format!("{what} gradient of {name}"),
                 );
             }
+        }
+    }
+
+    /// Returns the value of `loss` and its gradients with respect to `vars`.
+    fn loss_and_grads(vars: &[Var], loss: Tensor) -> (f32, Vec<Vec<f32>>) {
+        let grads = loss.backward().unwrap();
+        let gradients = vars
+            .iter()
+            .map(|v| values(grads.get(v.as_tensor()).unwrap()))
+            .collect();
+        (loss.to_scalar::<f32>().unwrap(), gradients)
+    }
+
+    #[test]
+    fn bf16_lstm_matches_f32() {
+        use crate::kernels::lstm::lstm_sequence_with;
+        let (time, batch, hidden) = (5, 3, 20);
+        let mut rng = Rng::seed(12);
+        let vars = [
+            var(&mut rng, (time * batch, 4 * hidden)),
+            var(&mut rng, (4 * hidden, hidden)),
+            var(&mut rng, (batch, hidden)),
+            var(&mut rng, (batch, hidden)),
+        ];
+        let weights = Tensor::from_vec(
+            rng.uniform(time * batch * hidden, -1.0, 1.0),
+            (time, batch, hidden),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let run = |precision: Precision| {
+            let projected = vars[0]
+                .as_tensor()
+                .reshape((time, batch, 4 * hidden))
+                .unwrap();
+            let output = lstm_sequence_with(
+                &projected,
+                vars[1].as_tensor(),
+                vars[2].as_tensor(),
+                vars[3].as_tensor(),
+                precision,
+                None,
+            )
+            .unwrap();
+            let loss = output.outputs.mul(&weights).unwrap().sum_all().unwrap();
+            loss_and_grads(&vars, loss)
+        };
+        let (loss_f32, grads_f32) = run(Precision::F32);
+        let (loss_bf16, grads_bf16) = run(Precision::Bf16);
+        assert!(
+            (loss_f32 - loss_bf16).abs() < 0.02 * loss_f32.abs().max(1.0),
+            "loss: bf16 {loss_bf16}, f32 {loss_f32}"
+        );
+        for (name, (got, want)) in ["projected", "W_hh", "h0", "c0"]
+            .iter()
+            .zip(grads_bf16.iter().zip(&grads_f32))
+        {
+            assert_close(got, want, 0.05, &format!("gradient of {name}"));
+        }
+    }
+
+    #[test]
+    fn bf16_decoder_loss_matches_f32() {
+        use crate::kernels::decoder::decoder_cross_entropy_with;
+        // 300 rows cross one chunk of 256 positions.
+        let (rows, features, classes) = (300, 24, 70);
+        let mut rng = Rng::seed(13);
+        let vars = [
+            var(&mut rng, (rows, features)),
+            var(&mut rng, (classes, features)),
+        ];
+        let bias = Var::from_tensor(
+            &Tensor::from_vec(rng.uniform(classes, -1.0, 1.0), classes, &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        let ids: Vec<u32> = (0..rows)
+            .map(|_| rng.below(classes as u64) as u32)
+            .collect();
+        let targets = Tensor::from_vec(ids, rows, &Device::Cpu).unwrap();
+        let run = |precision: Precision| {
+            let loss = decoder_cross_entropy_with(
+                vars[0].as_tensor(),
+                vars[1].as_tensor(),
+                Some(bias.as_tensor()),
+                &targets,
+                precision,
+            )
+            .unwrap();
+            loss_and_grads(&vars, loss)
+        };
+        let (loss_f32, grads_f32) = run(Precision::F32);
+        let (loss_bf16, grads_bf16) = run(Precision::Bf16);
+        assert!(
+            (loss_f32 - loss_bf16).abs() < 0.01 * loss_f32,
+            "loss: bf16 {loss_bf16}, f32 {loss_f32}"
+        );
+        // Gradients of a mean over 300 rows are small: compare with a matching scale.
+        for (name, (got, want)) in ["hidden", "weight"]
+            .iter()
+            .zip(grads_bf16.iter().zip(&grads_f32))
+        {
+            assert_close(got, want, 2e-3, &format!("gradient of {name}"));
         }
     }
 
