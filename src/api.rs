@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::kernels::precision::Precision;
 use crate::pipeline::predict::{LoadedClassifier, DEFAULT_PREDICT_BATCH};
 
 /// Errors of [`SentimentModel`].
@@ -47,6 +48,23 @@ impl SentimentModel {
             message: format!("{error:#}"),
         })?;
         Ok(Self { inner })
+    }
+
+    /// Loads the classifier folder `dir` onto the CPU with the encoder's matrix
+    /// products in `precision` (see [`LoadedClassifier::set_precision`]).
+    pub fn load_with_precision(
+        dir: impl AsRef<Path>,
+        precision: Precision,
+    ) -> Result<Self, ApiError> {
+        let mut model = Self::load(dir.as_ref())?;
+        model
+            .inner
+            .set_precision(precision)
+            .map_err(|error| ApiError::Load {
+                dir: dir.as_ref().display().to_string(),
+                message: format!("{error:#}"),
+            })?;
+        Ok(model)
     }
 
     /// Returns the class names in output order.

@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, ValueEnum};
 
 use super::data::DataArgs;
+use super::precision::TrainPrecision;
 use super::training::{run_folder, select_device, DeviceName};
 use crate::model::classifier::{DEFAULT_BPTT, DEFAULT_HEAD_HIDDEN, DEFAULT_MAX_LEN};
 use crate::model::{Classifier, ClassifierConfig, DropoutConfig};
@@ -151,6 +152,12 @@ pub struct ClassifyArgs {
     /// Device to train on. Only `cpu` is supported by this build.
     #[arg(long, value_enum, default_value = "cpu", value_name = "DEVICE")]
     pub device: DeviceName,
+
+    /// Format of the matrix products of the encoder's LSTM layers: f32, or bf16
+    /// (inputs rounded to bfloat16, f32 sums, parameters kept in f32). bf16 needs a CPU
+    /// with AVX512-BF16; without it the command fails.
+    #[arg(long, value_enum, default_value = "f32", value_name = "FORMAT")]
+    pub precision: TrainPrecision,
 
     #[command(flatten)]
     pub data_options: DataArgs,
@@ -399,7 +406,8 @@ pub fn run(mut args: ClassifyArgs, progress: bool) -> anyhow::Result<()> {
         max_len: args.max_len,
     };
     let mut rng = Rng::seed(args.seed);
-    let model = Classifier::from_language_model(&loaded.model, config.clone(), &mut rng)?;
+    let mut model = Classifier::from_language_model(&loaded.model, config.clone(), &mut rng)?;
+    model.set_precision(args.precision.checked()?);
     let weights = args
         .class_weights
         .map(|ClassWeights::Balanced| balanced_weights(&train.labels, classes.len()));

@@ -7,6 +7,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use super::data::DataArgs;
+use super::precision::TrainPrecision;
 use super::training::{run_folder, select_device, settings_of_run, DeviceName};
 use crate::pipeline::finetune::{
     finetune, prepare_model, target_vocab, tokenize, write_tokens, FinetuneSchedule, StageRun,
@@ -138,6 +139,12 @@ pub struct LmFinetuneArgs {
     #[arg(long, value_enum, default_value = "cpu", value_name = "DEVICE")]
     pub device: DeviceName,
 
+    /// Format of the matrix products of the LSTM layers and the decoder: f32, or bf16
+    /// (inputs rounded to bfloat16, f32 sums, parameters kept in f32). bf16 needs a CPU
+    /// with AVX512-BF16; without it the command fails.
+    #[arg(long, value_enum, default_value = "f32", value_name = "FORMAT")]
+    pub precision: TrainPrecision,
+
     /// Stop after this many optimizer steps, leaving a checkpoint to resume from.
     #[arg(long, value_name = "N", hide = true)]
     pub max_steps: Option<usize>,
@@ -223,7 +230,8 @@ pub fn run(args: LmFinetuneArgs, progress: bool) -> anyhow::Result<()> {
         }
     }
     let drop_mult = settings.drop_mult.unwrap_or(FINETUNE_DROPOUT_MULTIPLIER);
-    let model = prepare_model(&loaded.model, &loaded.vocab, &vocab, drop_mult)?;
+    let mut model = prepare_model(&loaded.model, &loaded.vocab, &vocab, drop_mult)?;
+    model.set_precision(args.precision.checked()?);
     tracing::info!(
         "target vocabulary of {} tokens ({} in the pretrained one)",
         vocab.len(),

@@ -12,6 +12,7 @@ mod json;
 mod lm_finetune;
 mod numericalize;
 mod perplexity;
+mod precision;
 mod predict;
 mod pretrain;
 mod tokenize;

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::corpus::{document_spinner, for_each_chunk};
 use super::data::DataArgs;
 use super::numericalize::{encode_documents, load_tokenizer};
+use super::precision::TrainPrecision;
 use super::training::{select_device, DeviceName};
 use super::vocab::count_tokens;
 use crate::model::{AwdLstmConfig, DEFAULT_AR_ALPHA, DEFAULT_TAR_BETA};
@@ -139,6 +140,12 @@ pub struct PretrainArgs {
     /// Append one JSON object per epoch to this file.
     #[arg(long, value_name = "FILE")]
     pub log_json: Option<PathBuf>,
+
+    /// Format of the matrix products of the LSTM layers and the decoder: f32, or bf16
+    /// (inputs rounded to bfloat16, f32 sums, parameters kept in f32). bf16 needs a CPU
+    /// with AVX512-BF16; without it the command fails.
+    #[arg(long, value_enum, default_value = "f32", value_name = "FORMAT")]
+    pub precision: TrainPrecision,
 }
 
 /// Arguments of `ulmfit lr-find`.
@@ -211,7 +218,9 @@ pub fn run_pretrain(args: PretrainArgs, progress: bool) -> anyhow::Result<()> {
         args.save_every,
     );
     let given = given_settings(&args)?;
-    let task = pretrain::build_task(&spec, &data, settings.seed, &device)?;
+    let precision = args.precision.checked()?;
+    let mut task = pretrain::build_task(&spec, &data, settings.seed, &device)?;
+    task.set_precision(precision);
     tracing::info!(
         "training on {} windows of {} x {} tokens per epoch",
         task.layout().n_batches,

@@ -16,6 +16,8 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+use super::bf16::{gemm_packed, Bf16Kernel, MatRef, PackedA, PackedB};
+use super::precision::Precision;
 use super::{contiguous_slice, parallelism};
 
 /// Positions per chunk: the largest logits block held at once is `CHUNK_ROWS x V`.
@@ -34,6 +36,23 @@ pub fn decoder_cross_entropy(
     bias: Option<&Tensor>,
     targets: &Tensor,
 ) -> Result<Tensor> {
+    decoder_cross_entropy_with(hidden, weight, bias, targets, Precision::F32)
+}
+
+/// Runs [`decoder_cross_entropy`] with its three matrix products in `precision`.
+/// [`Precision::Bf16`] packs the weight to bf16 once per call and rounds the
+/// activations of every product, with f32 sums. It applies to f32 inputs only.
+/// [`Precision::Int8`] is rejected, because this operation computes gradients.
+pub fn decoder_cross_entropy_with(
+    hidden: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    targets: &Tensor,
+    precision: Precision,
+) -> Result<Tensor> {
+    if precision == Precision::Int8 {
+        bail!("decoder_cross_entropy: int8 products serve inference only; use f32 or bf16");
+    }
     let (rows, features) = hidden.dims2()?;
     let (classes, weight_features) = weight.dims2()?;
     if weight_features != features {
@@ -74,6 +93,7 @@ pub fn decoder_cross_entropy(
     let save_for_backward = hidden.track_op() || weight.track_op() || bias.track_op();
     let op = FusedDecoderLoss {
         targets,
+        precision,
         save_for_backward,
         grads: Mutex::new(None),
     };
@@ -102,6 +122,8 @@ pub fn decoder_cross_entropy_autograd(
 /// the mean loss, a scalar.
 struct FusedDecoderLoss {
     targets: Vec<u32>,
+    /// Format of the products of f32 inputs.
+    precision: Precision,
     save_for_backward: bool,
     /// Gradients of the mean loss wrt hidden, weight and bias, from the forward pass.
     grads: Mutex<Option<(Tensor, Tensor, Tensor)>>,
@@ -257,6 +279,75 @@ impl FusedDecoderLoss {
         (total * scale, grads)
     }
 
+    /// Computes what [`Self::compute`] does, for f32 inputs, with bf16 products.
+    fn compute_bf16(
+        &self,
+        hidden: &[f32],
+        weight: &[f32],
+        bias: &[f32],
+        (rows, features, classes): (usize, usize, usize),
+        with_grads: bool,
+    ) -> (f64, Option<Gradients<f32>>) {
+        let kernel = Bf16Kernel::detect();
+        let threads = candle_core::utils::get_num_threads();
+        // The weight serves as W^T [features, classes] for the logits and as W
+        // [classes, features] for the gradient of h: pack it both ways, once.
+        let weight_t = PackedB::pack_transposed(weight, classes, features);
+        let weight_rows =
+            with_grads.then(|| PackedB::pack(MatRef::row_major(weight, classes, features)));
+        let chunk_rows = CHUNK_ROWS.min(rows);
+        let mut logits = vec![0.0f32; chunk_rows * classes];
+        let mut grads = with_grads.then(|| {
+            (
+                vec![0.0f32; rows * features],
+                vec![0.0f32; classes * features],
+                vec![0.0f32; classes],
+            )
+        });
+        let scale = 1.0 / rows as f64;
+        let mut total = 0.0f64;
+        for start in (0..rows).step_by(chunk_rows) {
+            let count = chunk_rows.min(rows - start);
+            let h = &hidden[start * features..(start + count) * features];
+            let block = &mut logits[..count * classes];
+            let h_packed = PackedA::pack(MatRef::row_major(h, count, features));
+            gemm_packed(kernel, &h_packed, &weight_t, block, classes, false, threads);
+            let targets = &self.targets[start..start + count];
+            total += block
+                .par_chunks_mut(classes)
+                .zip(targets.par_iter())
+                .map(|(row, &target)| row_loss(row, bias, target as usize, scale, with_grads))
+                .sum::<f64>();
+            let (Some((grad_h, grad_w, grad_b)), Some(weight_rows)) =
+                (grads.as_mut(), weight_rows.as_ref())
+            else {
+                continue;
+            };
+            for row in block.chunks(classes) {
+                for (sum, &g) in grad_b.iter_mut().zip(row) {
+                    *sum += g;
+                }
+            }
+            // grad_h = block W
+            let block_packed = PackedA::pack(MatRef::row_major(block, count, classes));
+            let grad_h = &mut grad_h[start * features..(start + count) * features];
+            gemm_packed(
+                kernel,
+                &block_packed,
+                weight_rows,
+                grad_h,
+                features,
+                false,
+                threads,
+            );
+            // grad_w += block^T h
+            let block_t = PackedA::pack(MatRef::transposed(block, classes, count));
+            let h_rows = PackedB::pack(MatRef::row_major(h, count, features));
+            gemm_packed(kernel, &block_t, &h_rows, grad_w, features, true, threads);
+        }
+        (total * scale, grads)
+    }
+
     fn run<T: DecoderFloat>(
         &self,
         storages: [(&CpuStorage, &Layout); 3],
@@ -269,6 +360,29 @@ impl FusedDecoderLoss {
         let bias = contiguous_slice::<T>(s3, l3, "decoder_cross_entropy", "bias")?;
         let dims = (rows, features, classes);
         let (loss, grads) = self.compute(hidden, weight, bias, dims, self.save_for_backward);
+        self.finish(loss, grads, dims)
+    }
+
+    /// Runs the operation on f32 inputs with bf16 products.
+    fn run_bf16(&self, storages: [(&CpuStorage, &Layout); 3]) -> Result<(CpuStorage, Shape)> {
+        let [(s1, l1), (s2, l2), (s3, l3)] = storages;
+        let (rows, features) = l1.shape().dims2()?;
+        let classes = l2.shape().dims2()?.0;
+        let hidden = contiguous_slice::<f32>(s1, l1, "decoder_cross_entropy", "hidden")?;
+        let weight = contiguous_slice::<f32>(s2, l2, "decoder_cross_entropy", "weight")?;
+        let bias = contiguous_slice::<f32>(s3, l3, "decoder_cross_entropy", "bias")?;
+        let dims = (rows, features, classes);
+        let (loss, grads) = self.compute_bf16(hidden, weight, bias, dims, self.save_for_backward);
+        self.finish(loss, grads, dims)
+    }
+
+    /// Stores the gradients for the backward pass and returns the loss as the output.
+    fn finish<T: DecoderFloat>(
+        &self,
+        loss: f64,
+        grads: Option<Gradients<T>>,
+        (rows, features, classes): (usize, usize, usize),
+    ) -> Result<(CpuStorage, Shape)> {
         if let Some((grad_h, grad_w, grad_b)) = grads {
             let device = Device::Cpu;
             let tensors = (
@@ -339,6 +453,7 @@ impl candle_core::CustomOp3 for FusedDecoderLoss {
     ) -> Result<(CpuStorage, Shape)> {
         let storages = [(s1, l1), (s2, l2), (s3, l3)];
         match s1.dtype() {
+            DType::F32 if self.precision == Precision::Bf16 => self.run_bf16(storages),
             DType::F32 => self.run::<f32>(storages),
             DType::F64 => self.run::<f64>(storages),
             dtype => {

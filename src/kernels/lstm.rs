@@ -16,6 +16,8 @@ use candle_core::{
     backend::BackendStorage, bail, CpuStorage, DType, Layout, Result, Shape, Tensor, WithDType,
 };
 
+use super::bf16::{gemm_packed, Bf16Kernel, MatRef, PackedA, PackedB};
+use super::precision::{bf16_matmul, PackedWeight, Precision};
 use super::{contiguous_slice, parallelism};
 
 /// Outputs of [`lstm_sequence`].
@@ -40,11 +42,46 @@ pub fn lstm_sequence(
     h0: &Tensor,
     c0: &Tensor,
 ) -> Result<LstmSequenceOutput> {
-    let (time, _batch, _hidden) = check_shapes(projected, w_hh, h0, c0)?;
+    lstm_sequence_with(projected, w_hh, h0, c0, Precision::F32, None)
+}
+
+/// Runs [`lstm_sequence`] with the recurrent products in `precision`, which applies to
+/// f32 inputs only (f64 inputs always use f64 products).
+///
+/// With [`Precision::Bf16`], `W_hh` is packed to bf16 once per call and both the
+/// per-step products and the backward's products (the gradient of `h` and of `W_hh`)
+/// round their inputs to bf16 and sum in f32. [`Precision::Int8`] serves inference
+/// only and fails when an input tracks gradients. `packed_w_hh`, a weight packed
+/// beforehand by [`PackedWeight::pack`] from `w_hh`, replaces the per-call packing in
+/// inference. It is rejected when an input tracks gradients, because it would miss
+/// changes of `w_hh`.
+pub fn lstm_sequence_with(
+    projected: &Tensor,
+    w_hh: &Tensor,
+    h0: &Tensor,
+    c0: &Tensor,
+    precision: Precision,
+    packed_w_hh: Option<Arc<PackedWeight>>,
+) -> Result<LstmSequenceOutput> {
+    let (time, _batch, hidden) = check_shapes(projected, w_hh, h0, c0)?;
     let state0 = Tensor::stack(&[h0, c0], 0)?.contiguous()?;
     let save_for_backward = projected.track_op() || w_hh.track_op() || state0.track_op();
+    if save_for_backward && (precision == Precision::Int8 || packed_w_hh.is_some()) {
+        bail!("lstm_sequence: int8 products and prepacked weights serve inference only, but an input tracks gradients; use f32 or bf16 for training");
+    }
+    if let Some(packed) = &packed_w_hh {
+        if packed.dims() != (4 * hidden, hidden) {
+            bail!(
+                "lstm_sequence: the packed W_hh has shape {:?}, expected [{}, {hidden}]",
+                packed.dims(),
+                4 * hidden
+            );
+        }
+    }
     let op = FusedLstm {
         save_for_backward,
+        precision,
+        packed_w_hh,
         cache: Mutex::new(None),
     };
     let packed = projected
@@ -140,7 +177,84 @@ enum CacheData {
 /// hidden state after each step and row `T` the final cell state.
 struct FusedLstm {
     save_for_backward: bool,
+    /// Format of the products of f32 inputs.
+    precision: Precision,
+    /// `W_hh` packed beforehand, for inference.
+    packed_w_hh: Option<Arc<PackedWeight>>,
     cache: Mutex<Option<Arc<Cache>>>,
+}
+
+/// Returns the per-step product `pre += h_prev W_hh^T` with `gemm` in `T`.
+fn gemm_step_forward<T: LstmFloat>(
+    w_hh: &[T],
+    (batch, hidden): (usize, usize),
+) -> impl FnMut(&[T], &mut [T]) + '_ {
+    let parallelism = parallelism();
+    move |h_prev: &[T], pre: &mut [T]| {
+        // pre[b, n] += sum_k h_prev[b, k] * w_hh[n, k]
+        // SAFETY: every pointer covers the matrix its strides describe: `pre` is
+        // [batch, 4 hidden] row-major, `h_prev` [batch, hidden] row-major, and `w_hh`
+        // [4 hidden, hidden] row-major read as its transpose.
+        unsafe {
+            gemm::gemm(
+                batch,
+                4 * hidden,
+                hidden,
+                pre.as_mut_ptr(),
+                1,
+                (4 * hidden) as isize,
+                true,
+                h_prev.as_ptr(),
+                1,
+                hidden as isize,
+                w_hh.as_ptr(),
+                hidden as isize,
+                1,
+                T::one(),
+                T::one(),
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+    }
+}
+
+/// Returns the per-step product `dh_next = dg W_hh` with `gemm` in `T`.
+fn gemm_step_backward<T: LstmFloat>(
+    w_hh: &[T],
+    (batch, hidden): (usize, usize),
+) -> impl FnMut(&[T], &mut [T]) + '_ {
+    let parallelism = parallelism();
+    move |dg: &[T], dh_next: &mut [T]| {
+        // dh_next[b, k] = sum_n dg[b, n] * w_hh[n, k]
+        // SAFETY: `dh_next` is [batch, hidden], `dg` [batch, 4 hidden] and `w_hh`
+        // [4 hidden, hidden], all row-major and fully allocated.
+        unsafe {
+            gemm::gemm(
+                batch,
+                hidden,
+                4 * hidden,
+                dh_next.as_mut_ptr(),
+                1,
+                hidden as isize,
+                false,
+                dg.as_ptr(),
+                1,
+                (4 * hidden) as isize,
+                w_hh.as_ptr(),
+                1,
+                hidden as isize,
+                T::zero(),
+                T::one(),
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+    }
 }
 
 /// Element types the kernel runs on.
@@ -189,10 +303,11 @@ impl LstmFloat for f64 {
 
 impl FusedLstm {
     /// Runs the recurrence. Returns the packed output and, when requested, the cache.
+    /// `step_product(h_prev, pre)` adds `h_prev W_hh^T` to the pre-activations.
     fn forward<T: LstmFloat>(
         &self,
         projected: &[T],
-        w_hh: &[T],
+        mut step_product: impl FnMut(&[T], &mut [T]),
         state0: &[T],
         (time, batch, hidden): (usize, usize, usize),
     ) -> (Vec<T>, Option<Cache>) {
@@ -216,7 +331,6 @@ impl FusedLstm {
             }
         ];
         let mut c_prev: Vec<T> = state0[step..2 * step].to_vec();
-        let parallelism = parallelism();
 
         for t in 0..time {
             let (done, rest) = packed.split_at_mut(t * step);
@@ -234,34 +348,7 @@ impl FusedLstm {
             let cell_offset = if self.save_for_backward { t * step } else { 0 };
             let pre = &mut gates[gate_offset..gate_offset + gate_step];
             pre.copy_from_slice(&projected[t * gate_step..(t + 1) * gate_step]);
-
-            // pre[b, n] += sum_k h_prev[b, k] * w_hh[n, k]
-            // SAFETY: every pointer covers the matrix its strides describe: `pre` is
-            // [batch, 4 hidden] row-major, `h_prev` [batch, hidden] row-major, and `w_hh`
-            // [4 hidden, hidden] row-major read as its transpose.
-            unsafe {
-                gemm::gemm(
-                    batch,
-                    4 * hidden,
-                    hidden,
-                    pre.as_mut_ptr(),
-                    1,
-                    (4 * hidden) as isize,
-                    true,
-                    h_prev.as_ptr(),
-                    1,
-                    hidden as isize,
-                    w_hh.as_ptr(),
-                    hidden as isize,
-                    1,
-                    T::one(),
-                    T::one(),
-                    false,
-                    false,
-                    false,
-                    parallelism,
-                );
-            }
+            step_product(h_prev, pre);
 
             let cell = &mut cells[cell_offset..cell_offset + step];
             for b in 0..batch {
@@ -292,12 +379,13 @@ impl FusedLstm {
     }
 
     /// Backpropagation through time. Returns the gradient of the projected inputs
-    /// `[T, B, 4H]` and of the initial state `[2, B, H]`.
+    /// `[T, B, 4H]` and of the initial state `[2, B, H]`. `step_product(dg, dh)` sets
+    /// `dh = dg W_hh`.
     #[allow(clippy::too_many_arguments)]
     fn backward<T: LstmFloat>(
         gates: &[T],
         cells: &[T],
-        w_hh: &[T],
+        mut step_product: impl FnMut(&[T], &mut [T]),
         state0: &[T],
         grad_packed: &[T],
         (time, batch, hidden): (usize, usize, usize),
@@ -309,7 +397,6 @@ impl FusedLstm {
         // The gradient of the final cell state comes from row T of the packed output.
         let mut dc_next: Vec<T> = grad_packed[time * step..].to_vec();
         let mut dh_next = vec![T::zero(); step];
-        let parallelism = parallelism();
 
         for t in (0..time).rev() {
             let g = &gates[t * gate_step..(t + 1) * gate_step];
@@ -339,32 +426,7 @@ impl FusedLstm {
                     dc_next[k] = dc * forget_gate;
                 }
             }
-            // dh_next[b, k] = sum_n dg[b, n] * w_hh[n, k]
-            // SAFETY: `dh_next` is [batch, hidden], `dg` [batch, 4 hidden] and `w_hh`
-            // [4 hidden, hidden], all row-major and fully allocated.
-            unsafe {
-                gemm::gemm(
-                    batch,
-                    hidden,
-                    4 * hidden,
-                    dh_next.as_mut_ptr(),
-                    1,
-                    hidden as isize,
-                    false,
-                    dg.as_ptr(),
-                    1,
-                    (4 * hidden) as isize,
-                    w_hh.as_ptr(),
-                    1,
-                    hidden as isize,
-                    T::zero(),
-                    T::one(),
-                    false,
-                    false,
-                    false,
-                    parallelism,
-                );
-            }
+            step_product(dg, &mut dh_next);
         }
         let mut grad_state0 = dh_next;
         grad_state0.extend_from_slice(&dc_next);
@@ -390,8 +452,34 @@ impl FusedLstm {
         let w_values = w_hh.flatten_all()?.to_vec1::<T>()?;
         let state_values = state0.flatten_all()?.to_vec1::<T>()?;
         let grad_values = grad_packed.flatten_all()?.to_vec1::<T>()?;
-        let (grad_gates, grad_state0) =
-            Self::backward(gates, cells, &w_values, &state_values, &grad_values, dims);
+        let bf16 = T::DTYPE == DType::F32 && self.precision == Precision::Bf16;
+        let (grad_gates, grad_state0) = if bf16 {
+            // dh = dg W_hh, with W_hh [4 hidden, hidden] as the right operand.
+            let w_f32: Vec<f32> = w_values.iter().map(|v| v.to_f64() as f32).collect();
+            let packed = PackedB::pack(MatRef::row_major(&w_f32, 4 * hidden, hidden));
+            let threads = candle_core::utils::get_num_threads();
+            let product = |dg: &[T], dh: &mut [T]| {
+                let dg: Vec<f32> = dg.iter().map(|v| v.to_f64() as f32).collect();
+                let a = PackedA::pack(MatRef::row_major(&dg, batch, 4 * hidden));
+                let mut out = vec![0.0f32; batch * hidden];
+                gemm_packed(
+                    Bf16Kernel::detect(),
+                    &a,
+                    &packed,
+                    &mut out,
+                    hidden,
+                    false,
+                    threads,
+                );
+                for (d, v) in dh.iter_mut().zip(out) {
+                    *d = T::from_f64(v as f64);
+                }
+            };
+            Self::backward(gates, cells, product, &state_values, &grad_values, dims)
+        } else {
+            let product = gemm_step_backward(&w_values, (batch, hidden));
+            Self::backward(gates, cells, product, &state_values, &grad_values, dims)
+        };
 
         let device = w_hh.device();
         let grad_projected = Tensor::from_vec(grad_gates, (time, batch, 4 * hidden), device)?;
@@ -404,10 +492,13 @@ impl FusedLstm {
         } else {
             h0
         };
-        let grad_w = grad_projected
-            .reshape((time * batch, 4 * hidden))?
-            .t()?
-            .matmul(&previous.reshape((time * batch, hidden))?)?;
+        let grad_rows = grad_projected.reshape((time * batch, 4 * hidden))?;
+        let previous_rows = previous.reshape((time * batch, hidden))?;
+        let grad_w = if bf16 {
+            bf16_matmul(&grad_rows, &previous_rows, true, false)?
+        } else {
+            grad_rows.t()?.matmul(&previous_rows)?
+        };
         Ok((grad_projected, grad_w, grad_state0))
     }
 }
@@ -431,18 +522,34 @@ impl candle_core::CustomOp3 for FusedLstm {
         let dims = (time, batch, hidden);
         let (storage, cache) = match s1.dtype() {
             DType::F32 => {
-                let (packed, cache) = self.forward::<f32>(
-                    contiguous_slice(s1, l1, "fused_lstm", "projected inputs")?,
-                    contiguous_slice(s2, l2, "fused_lstm", "W_hh")?,
-                    contiguous_slice(s3, l3, "fused_lstm", "initial state")?,
-                    dims,
-                );
+                let projected = contiguous_slice(s1, l1, "fused_lstm", "projected inputs")?;
+                let w_hh: &[f32] = contiguous_slice(s2, l2, "fused_lstm", "W_hh")?;
+                let state0 = contiguous_slice(s3, l3, "fused_lstm", "initial state")?;
+                let packed_now = match &self.packed_w_hh {
+                    Some(packed) => Some(packed.clone()),
+                    None => {
+                        PackedWeight::pack(w_hh, 4 * hidden, hidden, self.precision).map(Arc::new)
+                    }
+                };
+                let (packed, cache) = match packed_now {
+                    Some(weight) => {
+                        let product = |h_prev: &[f32], pre: &mut [f32]| {
+                            weight.matmul_transposed(h_prev, batch, pre, true)
+                        };
+                        self.forward::<f32>(projected, product, state0, dims)
+                    }
+                    None => {
+                        let product = gemm_step_forward(w_hh, (batch, hidden));
+                        self.forward::<f32>(projected, product, state0, dims)
+                    }
+                };
                 (CpuStorage::F32(packed), cache)
             }
             DType::F64 => {
+                let w_hh = contiguous_slice(s2, l2, "fused_lstm", "W_hh")?;
                 let (packed, cache) = self.forward::<f64>(
                     contiguous_slice(s1, l1, "fused_lstm", "projected inputs")?,
-                    contiguous_slice(s2, l2, "fused_lstm", "W_hh")?,
+                    gemm_step_forward(w_hh, (batch, hidden)),
                     contiguous_slice(s3, l3, "fused_lstm", "initial state")?,
                     dims,
                 );

@@ -3,9 +3,12 @@
 //! [`cuda`] contains CUDA kernels (launched only with the `cuda` feature) and their CPU
 //! twins.
 
+pub mod bf16;
 pub mod cuda;
 pub mod decoder;
+pub mod int8;
 pub mod lstm;
+pub mod precision;
 
 use candle_core::{bail, CpuStorage, Layout, Result, WithDType};
 use gemm::Parallelism;

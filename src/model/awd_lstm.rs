@@ -9,6 +9,7 @@ use super::config::AwdLstmConfig;
 use super::dropout::{apply_mask, dropout_mask, embed, embedding_row_mask, locked_dropout_mask};
 use super::lstm::LstmLayer;
 use super::{ModelError, Result};
+use crate::kernels::precision::{bf16_matmul, linear_packed, PackedWeight, Precision};
 use crate::rng::Rng;
 
 /// fastai's activation regularisation factor (`alpha`) for language models.
@@ -113,6 +114,7 @@ pub struct LanguageModel {
     hidden: Option<Vec<(Tensor, Tensor)>>,
     track_gradients: bool,
     fused_loss: bool,
+    precision: Precision,
 }
 
 /// The last layer's output and the decoder parameters, before the decoder runs.
@@ -161,6 +163,7 @@ impl LanguageModel {
             hidden: None,
             track_gradients: true,
             fused_loss: true,
+            precision: Precision::F32,
         })
     }
 
@@ -234,6 +237,7 @@ impl LanguageModel {
             hidden: None,
             track_gradients: true,
             fused_loss: true,
+            precision: Precision::F32,
         })
     }
 
@@ -342,6 +346,19 @@ impl LanguageModel {
         self.fused_loss = fused;
     }
 
+    /// Sets the format of the matrix products of the LSTM layers and the decoder
+    /// (default f32, which runs exactly as before this option existed). The parameters
+    /// stay in their dtype. [`Precision::Bf16`] serves training and inference;
+    /// [`Precision::Int8`] serves inference only, and training forwards then fail.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+    }
+
+    /// Returns the format of the matrix products.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
     /// Zeroes the hidden state, as before a new text or epoch.
     pub fn reset(&mut self) {
         self.hidden = None;
@@ -431,10 +448,22 @@ impl LanguageModel {
         let encoded = self.encode(input, train, rng)?;
         let (batch, time, embedding) = encoded.last_dropped.dims3()?;
         let vocab = self.config.vocab_size;
-        let mut logits = encoded
-            .last_dropped
-            .reshape((batch * time, embedding))?
-            .matmul(&encoded.decoder_weight.t()?)?;
+        let rows = encoded.last_dropped.reshape((batch * time, embedding))?;
+        let weight = &encoded.decoder_weight;
+        let mut logits = match self.precision {
+            Precision::Bf16 if rows.dtype() == DType::F32 => {
+                bf16_matmul(&rows, weight, false, true)?
+            }
+            Precision::Int8 => {
+                let values = weight
+                    .to_dtype(DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                let packed = PackedWeight::pack(&values, vocab, embedding, Precision::Int8);
+                linear_packed(&rows, weight, packed.map(std::sync::Arc::new).as_ref())?
+            }
+            _ => rows.matmul(&weight.t()?)?,
+        };
         if let Some(bias) = &encoded.decoder_bias {
             logits = logits.broadcast_add(bias)?;
         }
@@ -474,11 +503,12 @@ impl LanguageModel {
         let encoded = self.encode(input, train, rng)?;
         let embedding = self.config.embedding_size;
         let hidden = encoded.last_dropped.reshape((batch * time, embedding))?;
-        let cross_entropy = crate::kernels::decoder::decoder_cross_entropy(
+        let cross_entropy = crate::kernels::decoder::decoder_cross_entropy_with(
             &hidden,
             &encoded.decoder_weight,
             encoded.decoder_bias.as_ref(),
             &targets.flatten_all()?,
+            self.precision,
         )?;
         regularised_loss(
             cross_entropy,
@@ -528,6 +558,8 @@ impl LanguageModel {
                 c0,
                 weight_mask.as_ref(),
                 self.track_gradients,
+                self.precision,
+                None,
             )?;
             new_hidden.push((output.h_last.detach(), output.c_last.detach()));
             activations = output.outputs;

@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use super::config::AwdLstmConfig;
 use super::dropout::{apply_mask, dropout_mask, embed, embedding_row_mask, locked_dropout_mask};
-use super::lstm::LstmLayer;
+use super::lstm::{LstmLayer, PackedLayer};
 use super::{LanguageModel, ModelError, Result};
+use crate::kernels::precision::Precision;
 use crate::rng::Rng;
 
 /// fastai's chunk length for classifier documents (`seq_len` of `TextDataLoaders`).
@@ -132,6 +133,10 @@ pub struct Classifier {
     embedding: Var,
     layers: Vec<LstmLayer>,
     head: Vec<HeadBlock>,
+    /// Format of the encoder's matrix products.
+    precision: Precision,
+    /// The LSTM weights packed in `precision` by [`Self::pack_for_inference`].
+    packed: Option<Vec<PackedLayer>>,
 }
 
 /// Output of a classifier forward pass.
@@ -183,6 +188,8 @@ impl Classifier {
             embedding,
             layers,
             head,
+            precision: Precision::F32,
+            packed: None,
         })
     }
 
@@ -197,6 +204,38 @@ impl Classifier {
     /// Returns the configuration.
     pub fn config(&self) -> &ClassifierConfig {
         &self.config
+    }
+
+    /// Sets the format of the encoder's matrix products (default f32, which runs
+    /// exactly as before this option existed) and drops weights packed earlier. The
+    /// head stays f32. [`Precision::Int8`] serves inference only: training forwards
+    /// then fail.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+        self.packed = None;
+    }
+
+    /// Returns the format of the encoder's matrix products.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Packs the LSTM weights once in the current precision, so that eval-mode
+    /// forwards stop packing them per chunk. Training does not use the packed copy;
+    /// call this again after the weights change, or [`Self::set_precision`] to drop it.
+    pub fn pack_for_inference(&mut self) -> Result<()> {
+        let mut packed = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            match layer.pack(self.precision)? {
+                Some(layer) => packed.push(layer),
+                None => {
+                    self.packed = None;
+                    return Ok(());
+                }
+            }
+        }
+        self.packed = Some(packed);
+        Ok(())
     }
 
     /// Returns the parameter shapes under their canonical names: the encoder's
@@ -302,6 +341,8 @@ impl Classifier {
             config,
             layers,
             head,
+            precision: Precision::F32,
+            packed: None,
         })
     }
 
@@ -589,7 +630,19 @@ impl Classifier {
                 None
             };
             let layer_track = track && !is_frozen(index + 1);
-            let output = layer.forward(&activations, h0, c0, weight_mask.as_ref(), layer_track)?;
+            let packed = match (&self.packed, train || layer_track) {
+                (Some(packed), false) => Some(&packed[index]),
+                _ => None,
+            };
+            let output = layer.forward(
+                &activations,
+                h0,
+                c0,
+                weight_mask.as_ref(),
+                layer_track,
+                self.precision,
+                packed,
+            )?;
             new_state.push((output.h_last.detach(), output.c_last.detach()));
             activations = output.outputs;
             if !track {

@@ -1,9 +1,21 @@
 //! One single-layer LSTM with weight dropout on its hidden-to-hidden matrix.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Result, Tensor, Var};
 
-use crate::kernels::lstm::{lstm_sequence, LstmSequenceOutput};
+use crate::kernels::lstm::{lstm_sequence_with, LstmSequenceOutput};
+use crate::kernels::precision::{bf16_matmul, linear_packed, PackedWeight, Precision};
 use crate::rng::Rng;
+
+/// The two weights of one layer packed once for reduced-precision inference.
+#[derive(Debug, Clone)]
+pub struct PackedLayer {
+    /// `weight_ih` packed for `x W_ih^T`.
+    pub weight_ih: Arc<PackedWeight>,
+    /// `weight_hh` packed for `h W_hh^T`.
+    pub weight_hh: Arc<PackedWeight>,
+}
 
 /// The parameters of one LSTM layer, in PyTorch's layout and gate order (input, forget,
 /// cell, output).
@@ -65,11 +77,37 @@ impl LstmLayer {
         ]
     }
 
+    /// Packs both weights for inference in `precision`, or returns `None` for f32.
+    pub fn pack(&self, precision: Precision) -> Result<Option<PackedLayer>> {
+        let pack = |var: &Var| -> Result<Option<Arc<PackedWeight>>> {
+            let (rows, cols) = var.dims2()?;
+            let values = var
+                .as_tensor()
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            Ok(PackedWeight::pack(&values, rows, cols, precision).map(Arc::new))
+        };
+        match (pack(&self.weight_ih)?, pack(&self.weight_hh)?) {
+            (Some(weight_ih), Some(weight_hh)) => Ok(Some(PackedLayer {
+                weight_ih,
+                weight_hh,
+            })),
+            _ => Ok(None),
+        }
+    }
+
     /// Runs the layer over a time-major `input` `[time, batch, input]` from the state
     /// `h0`, `c0` (`[batch, hidden]`). With `weight_mask` (`[4 hidden, hidden]`), the
     /// recurrence uses `weight_hh * weight_mask`, so the gradient reaches the raw weight.
     /// With `track_gradients` false, the parameters enter detached and the fused kernel
     /// keeps nothing for a backward pass.
+    ///
+    /// `precision` sets the format of the input projection and the recurrent products
+    /// (see [`Precision`]; int8 needs `track_gradients` false). `packed`, from
+    /// [`Self::pack`] on the current weights, replaces the per-call packing in inference
+    /// and then must come without `weight_mask` and with `track_gradients` false.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         input: &Tensor,
@@ -77,7 +115,14 @@ impl LstmLayer {
         c0: &Tensor,
         weight_mask: Option<&Tensor>,
         track_gradients: bool,
+        precision: Precision,
+        packed: Option<&PackedLayer>,
     ) -> Result<LstmSequenceOutput> {
+        if packed.is_some() && (track_gradients || weight_mask.is_some()) {
+            candle_core::bail!(
+                "LstmLayer::forward: packed weights serve inference only, without weight dropout or gradient tracking"
+            );
+        }
         let param = |var: &Var| {
             if track_gradients {
                 var.as_tensor().clone()
@@ -88,15 +133,34 @@ impl LstmLayer {
         let (time, batch, features) = input.dims3()?;
         let gate_width = 4 * self.hidden_size();
         let bias = param(&self.bias_ih).add(&param(&self.bias_hh))?;
-        let projected = input
-            .reshape((time * batch, features))?
-            .matmul(&param(&self.weight_ih).t()?)?
+        let rows = input.reshape((time * batch, features))?;
+        let weight_ih = param(&self.weight_ih);
+        let product = match (packed, precision) {
+            (Some(packed), _) => linear_packed(&rows, &weight_ih, Some(&packed.weight_ih))?,
+            (None, Precision::F32) => rows.matmul(&weight_ih.t()?)?,
+            (None, Precision::Bf16) if input.dtype() == DType::F32 => {
+                bf16_matmul(&rows, &weight_ih, false, true)?
+            }
+            (None, Precision::Bf16) => rows.matmul(&weight_ih.t()?)?,
+            (None, Precision::Int8) => {
+                let (rows_ih, cols_ih) = weight_ih.dims2()?;
+                let values = weight_ih
+                    .to_dtype(DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                let packed_ih =
+                    PackedWeight::pack(&values, rows_ih, cols_ih, precision).map(Arc::new);
+                linear_packed(&rows, &weight_ih, packed_ih.as_ref())?
+            }
+        };
+        let projected = product
             .broadcast_add(&bias)?
             .reshape((time, batch, gate_width))?;
         let weight_hh = match weight_mask {
             Some(mask) => param(&self.weight_hh).mul(mask)?,
             None => param(&self.weight_hh),
         };
-        lstm_sequence(&projected, &weight_hh, h0, c0)
+        let packed_hh = packed.map(|packed| packed.weight_hh.clone());
+        lstm_sequence_with(&projected, &weight_hh, h0, c0, precision, packed_hh)
     }
 }

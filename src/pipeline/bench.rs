@@ -20,6 +20,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
+use crate::kernels::precision::Precision;
 use crate::model::{AwdLstmConfig, LanguageModel, ModelError};
 use crate::rng::Rng;
 use crate::train::groups::{Param, ParamGroup};
@@ -108,6 +109,8 @@ pub struct LmBenchOptions {
     pub fused_loss: bool,
     /// Seed of the random token ids, initialisation and dropout masks.
     pub seed: u64,
+    /// Format of the matrix products of the LSTM layers and the decoder.
+    pub precision: Precision,
 }
 
 impl LmBenchOptions {
@@ -123,6 +126,7 @@ impl LmBenchOptions {
             rnn_reg: false,
             fused_loss: true,
             seed: 0,
+            precision: Precision::F32,
         }
     }
 }
@@ -156,8 +160,8 @@ pub struct LmBenchReport {
     pub bptt: usize,
     /// Rayon worker threads.
     pub threads: usize,
-    /// Element type of the parameters and activations.
-    pub precision: &'static str,
+    /// Format of the matrix products (`f32` or `bf16`); parameters are always f32.
+    pub precision: Precision,
     /// Whether the training loss used the fused decoder and cross-entropy kernel.
     pub fused_loss: bool,
     /// Trainable parameters.
@@ -222,6 +226,7 @@ pub fn run_lm_bench(options: &LmBenchOptions) -> Result<LmBenchReport, BenchErro
     let mut rng = Rng::seed(options.seed);
     let mut model = LanguageModel::new(config.clone(), &mut rng, &device)?;
     model.set_fused_loss(options.fused_loss);
+    model.set_precision(options.precision);
     let parameters = model.vars().iter().map(|var| var.elem_count()).sum();
     let forward_flops = forward_flops_per_token(&config);
     let tokens_per_batch = (batch * bptt) as f64;
@@ -320,7 +325,7 @@ pub fn run_lm_bench(options: &LmBenchOptions) -> Result<LmBenchReport, BenchErro
         batch,
         bptt,
         threads: rayon::current_num_threads(),
-        precision: "f32",
+        precision: options.precision,
         fused_loss: options.fused_loss,
         parameters,
         flops_per_infer_token: forward_flops,

@@ -85,6 +85,12 @@ pub struct LmTask {
 }
 
 impl LmTask {
+    /// Sets the format of the model's matrix products (see
+    /// [`LanguageModel::set_precision`]).
+    pub fn set_precision(&mut self, precision: crate::kernels::precision::Precision) {
+        self.model.set_precision(precision);
+    }
+
     /// Creates the task. Fails when the training file is too small for one batch or
     /// when a token file's vocabulary size differs from the model's.
     pub fn new(

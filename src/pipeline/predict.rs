@@ -14,6 +14,7 @@ use anyhow::Context;
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
+use crate::kernels::precision::Precision;
 use crate::model::classifier::softmax;
 use crate::model::{Classifier, ClassifierConfig};
 use crate::text::rules::RuleSet;
@@ -184,6 +185,20 @@ impl LoadedClassifier {
             vocab,
             tokenizer,
             dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Sets the format of the encoder's matrix products for scoring and packs the LSTM
+    /// weights in it once. bf16 and int8 give probabilities close to, but not equal
+    /// to, f32's. On a CPU without AVX512-BF16 (bf16) or AVX512-VNNI (int8) they run
+    /// on slower portable kernels; check [`Precision::check_cpu`] first to avoid that.
+    pub fn set_precision(&mut self, precision: Precision) -> anyhow::Result<()> {
+        self.model.set_precision(precision);
+        self.model.pack_for_inference().with_context(|| {
+            format!(
+                "failed to pack the weights of {} for {precision}",
+                self.dir.display()
+            )
         })
     }
 

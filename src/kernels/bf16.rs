@@ -1,0 +1,777 @@
+//! bf16 matrix products with f32 accumulation, for CPUs with AVX512-BF16.
+//!
+//! `C = A B` (or `C += A B`) with f32 inputs and output. Both operands are rounded to
+//! bfloat16 (round to nearest even) while they are packed. The micro-kernel sums their
+//! products in f32 with `vdpbf16ps`, which multiplies pairs of bf16 values along `k`
+//! and adds both products to one f32 lane. The product of two bf16 values is exact
+//! in f32, so the error comes from the rounding of the inputs (a relative 2^-9 each)
+//! and from the f32 sums.
+//!
+//! Layout, with `k` grouped into pairs (an odd `k` gets one zero pad):
+//! - [`PackedA`] is row-major: row `i` holds `ceil(k / 2)` 32-bit words, each two bf16
+//!   values `(a[i, 2q], a[i, 2q + 1])`. Rows are padded with zeros to a multiple of
+//!   [`MR`]. The micro-kernel broadcasts one word per row.
+//! - [`PackedB`] is cut into panels of [`NR`] columns. Panel `p` holds, for every pair
+//!   `q`, the [`NR`] words `(b[2q, j], b[2q + 1, j])` of its columns, so one 64-byte load
+//!   reads 16 columns.
+//!
+//! [`Bf16Kernel::detect`] picks the AVX512-BF16 micro-kernel at run time and falls back
+//! to a portable one, with the same packing and nearly the same results (f32 sums in a
+//! different order), on other CPUs.
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+/// Rows of the register tile.
+pub const MR: usize = 8;
+/// Columns of the register tile: three 16-lane vectors.
+pub const NR: usize = 48;
+/// Pairs of `k` per cache block: a `KC_PAIRS x NR` panel of B is 24 KiB.
+const KC_PAIRS: usize = 128;
+/// Rows of A per cache block (a multiple of [`MR`]).
+const MC: usize = 256;
+/// Multiply-adds below which a product runs on one thread.
+const PARALLEL_THRESHOLD: usize = 1 << 21;
+
+/// Implementation of the micro-kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bf16Kernel {
+    /// `vdpbf16ps` on 512-bit registers (x86-64 with AVX512F and AVX512-BF16).
+    Avx512Bf16,
+    /// Plain Rust: bf16 values widened to f32 and multiplied in f32.
+    Portable,
+}
+
+impl Bf16Kernel {
+    /// Returns the AVX512-BF16 kernel when this CPU has the feature, else the portable
+    /// one. The check runs once per process.
+    pub fn detect() -> Self {
+        static KERNEL: OnceLock<Bf16Kernel> = OnceLock::new();
+        *KERNEL.get_or_init(|| {
+            if has_avx512_bf16() {
+                Self::Avx512Bf16
+            } else {
+                Self::Portable
+            }
+        })
+    }
+}
+
+/// Returns whether this CPU has AVX512F and AVX512-BF16.
+pub fn has_avx512_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Rounds `x` to bfloat16 (nearest, ties to even) and returns its 16 bits. A NaN stays
+/// a (quiet) NaN.
+#[inline]
+pub fn to_bf16_bits(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if bits & 0x7fff_ffff > 0x7f80_0000 {
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1));
+    (rounded >> 16) as u16
+}
+
+/// Widens bfloat16 bits to f32 (exact).
+#[inline]
+pub fn from_bf16_bits(bits: u16) -> f32 {
+    f32::from_bits((bits as u32) << 16)
+}
+
+/// Returns `x` rounded to the nearest bfloat16, as an f32.
+#[inline]
+pub fn round_to_bf16(x: f32) -> f32 {
+    from_bf16_bits(to_bf16_bits(x))
+}
+
+/// Packs two values into one word, `lo` in the low 16 bits.
+#[inline]
+fn pair(lo: f32, hi: f32) -> u32 {
+    to_bf16_bits(lo) as u32 | ((to_bf16_bits(hi) as u32) << 16)
+}
+
+/// A read-only view of an f32 matrix with arbitrary strides, in elements.
+#[derive(Debug, Clone, Copy)]
+pub struct MatRef<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// Views `data` as a row-major `[rows, cols]` matrix.
+    ///
+    /// Panics when `data` has fewer than `rows * cols` elements.
+    pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self::new(data, rows, cols, cols, 1)
+    }
+
+    /// Views `data`, a row-major `[cols, rows]` matrix, as its transpose `[rows, cols]`.
+    ///
+    /// Panics when `data` has fewer than `rows * cols` elements.
+    pub fn transposed(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self::new(data, rows, cols, 1, rows)
+    }
+
+    /// Views `data` as `[rows, cols]` with element `(i, j)` at `i * row_stride + j *
+    /// col_stride`.
+    ///
+    /// Panics when the last element lies outside `data`.
+    pub fn new(
+        data: &'a [f32],
+        rows: usize,
+        cols: usize,
+        row_stride: usize,
+        col_stride: usize,
+    ) -> Self {
+        if rows > 0 && cols > 0 {
+            let last = (rows - 1) * row_stride + (cols - 1) * col_stride;
+            assert!(
+                last < data.len(),
+                "MatRef: a [{rows}, {cols}] view with strides ({row_stride}, {col_stride}) needs {} elements, the slice has {}",
+                last + 1,
+                data.len()
+            );
+        }
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride,
+            col_stride,
+        }
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    #[inline]
+    fn at(&self, i: usize, j: usize) -> f32 {
+        self.data[i * self.row_stride + j * self.col_stride]
+    }
+}
+
+/// The left operand `A [m, k]` of a product, rounded to bf16 and packed.
+#[derive(Debug, Clone)]
+pub struct PackedA {
+    words: Vec<u32>,
+    rows: usize,
+    depth: usize,
+    pairs: usize,
+}
+
+impl PackedA {
+    /// Rounds and packs `a` (`[m, k]`).
+    pub fn pack(a: MatRef<'_>) -> Self {
+        let (rows, depth) = (a.rows, a.cols);
+        let pairs = depth.div_ceil(2);
+        let padded_rows = rows.div_ceil(MR) * MR;
+        let mut words = vec![0u32; padded_rows * pairs];
+        if pairs == 0 {
+            return Self {
+                words,
+                rows,
+                depth,
+                pairs,
+            };
+        }
+        if a.col_stride == 1 || rows == 1 {
+            // Rows are contiguous in the source: convert them one by one.
+            words
+                .par_chunks_mut(pairs)
+                .take(rows)
+                .enumerate()
+                .for_each(|(i, out)| {
+                    let start = i * a.row_stride;
+                    if a.col_stride == 1 {
+                        pack_contiguous_row(&a.data[start..start + depth], out);
+                    } else {
+                        for (q, word) in out.iter_mut().enumerate() {
+                            let hi = if 2 * q + 1 < depth {
+                                a.at(i, 2 * q + 1)
+                            } else {
+                                0.0
+                            };
+                            *word = pair(a.at(i, 2 * q), hi);
+                        }
+                    }
+                });
+        } else {
+            // Columns are contiguous in the source (a transposed view): walk blocks of
+            // 16 rows so that both reads and writes stay in a few cache lines.
+            const BLOCK: usize = 16;
+            words
+                .par_chunks_mut(pairs * BLOCK)
+                .enumerate()
+                .for_each(|(block, out)| {
+                    let first = block * BLOCK;
+                    let count = BLOCK.min(rows.saturating_sub(first));
+                    for q in 0..pairs {
+                        for r in 0..count {
+                            let i = first + r;
+                            let hi = if 2 * q + 1 < depth {
+                                a.at(i, 2 * q + 1)
+                            } else {
+                                0.0
+                            };
+                            out[r * pairs + q] = pair(a.at(i, 2 * q), hi);
+                        }
+                    }
+                });
+        }
+        Self {
+            words,
+            rows,
+            depth,
+            pairs,
+        }
+    }
+
+    /// Number of rows `m`.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Inner dimension `k`.
+    pub fn depth(&self) -> usize {
+        self.depth
+    }
+}
+
+/// Converts one contiguous row of `depth` values into `ceil(depth / 2)` pair words.
+fn pack_contiguous_row(row: &[f32], out: &mut [u32]) {
+    let depth = row.len();
+    #[cfg(target_arch = "x86_64")]
+    if Bf16Kernel::detect() == Bf16Kernel::Avx512Bf16 {
+        // SAFETY: the CPU has AVX512F and AVX512-BF16 (checked by `detect`), and the
+        // function reads `row` and writes `out` within their lengths.
+        unsafe { avx512::pack_row(row, out) };
+        return;
+    }
+    for (q, word) in out.iter_mut().enumerate() {
+        let hi = if 2 * q + 1 < depth {
+            row[2 * q + 1]
+        } else {
+            0.0
+        };
+        *word = pair(row[2 * q], hi);
+    }
+}
+
+/// The right operand `B [k, n]` of a product, rounded to bf16 and packed into panels of
+/// [`NR`] columns. Pack a weight once and reuse it for many products.
+#[derive(Debug, Clone)]
+pub struct PackedB {
+    words: Vec<u32>,
+    depth: usize,
+    cols: usize,
+}
+
+impl PackedB {
+    /// Rounds and packs `b` (`[k, n]`).
+    pub fn pack(b: MatRef<'_>) -> Self {
+        let (depth, cols) = (b.rows, b.cols);
+        let pairs = depth.div_ceil(2);
+        let panels = cols.div_ceil(NR);
+        let mut words = vec![0u32; panels * pairs * NR];
+        if pairs > 0 {
+            words
+                .par_chunks_mut(pairs * NR)
+                .enumerate()
+                .for_each(|(panel, out)| {
+                    let first = panel * NR;
+                    let count = NR.min(cols - first);
+                    if b.row_stride == 1 && b.col_stride != 1 {
+                        // Column j of B is contiguous (B is a transposed row-major
+                        // weight): convert it, then spread its words with stride NR.
+                        let mut column = vec![0u32; pairs];
+                        for c in 0..count {
+                            let start = (first + c) * b.col_stride;
+                            pack_contiguous_row(&b.data[start..start + depth], &mut column);
+                            for (q, &word) in column.iter().enumerate() {
+                                out[q * NR + c] = word;
+                            }
+                        }
+                    } else {
+                        for q in 0..pairs {
+                            for c in 0..count {
+                                let j = first + c;
+                                let hi = if 2 * q + 1 < depth {
+                                    b.at(2 * q + 1, j)
+                                } else {
+                                    0.0
+                                };
+                                out[q * NR + c] = pair(b.at(2 * q, j), hi);
+                            }
+                        }
+                    }
+                });
+        }
+        Self { words, depth, cols }
+    }
+
+    /// Packs the transpose of a row-major weight `w` `[n, k]`, so that the product
+    /// computes `x w^T` as a linear layer does.
+    pub fn pack_transposed(w: &[f32], n: usize, k: usize) -> Self {
+        Self::pack(MatRef::transposed(w, k, n))
+    }
+
+    /// Inner dimension `k`.
+    pub fn depth(&self) -> usize {
+        self.depth
+    }
+
+    /// Number of columns `n`.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+}
+
+/// A raw output pointer that rayon tasks may share: every task writes its own columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint column ranges of the output (see `gemm_packed`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// Computes `c = a b`, or `c += a b` with `accumulate`, where `c` is row-major `[m, n]`
+/// with row stride `ldc`, using `kernel` and up to `threads` rayon tasks.
+///
+/// Panics when the inner dimensions differ or `c` is too short for `[m, n]`.
+pub fn gemm_packed(
+    kernel: Bf16Kernel,
+    a: &PackedA,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    threads: usize,
+) {
+    assert_eq!(
+        a.depth, b.depth,
+        "gemm_packed: A has k = {} but B has k = {}",
+        a.depth, b.depth
+    );
+    let (m, n) = (a.rows, b.cols);
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        ldc >= n && c.len() >= (m - 1) * ldc + n,
+        "gemm_packed: output of {} elements with row stride {ldc} cannot hold [{m}, {n}]",
+        c.len()
+    );
+    if a.pairs == 0 {
+        if !accumulate {
+            for row in 0..m {
+                c[row * ldc..row * ldc + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    let panels = n.div_ceil(NR);
+    let work = m * n * a.depth;
+    let tasks = if work < PARALLEL_THRESHOLD {
+        1
+    } else {
+        threads.clamp(1, panels)
+    };
+    let out = OutPtr(c.as_mut_ptr());
+    let run = |task: usize| {
+        let first = panels * task / tasks;
+        let last = panels * (task + 1) / tasks;
+        // SAFETY: the task writes only columns of panels `first..last` of rows `0..m`,
+        // which lie inside `c` (checked above) and no other task writes.
+        unsafe { gemm_panels(kernel, a, b, out, ldc, accumulate, first..last) };
+    };
+    if tasks == 1 {
+        run(0);
+    } else {
+        (0..tasks).into_par_iter().for_each(run);
+    }
+}
+
+/// Computes `c = a b` or `c += a b` from unpacked operands: packs both, then calls
+/// [`gemm_packed`] with the detected kernel and Candle's CPU thread count.
+pub fn matmul(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], ldc: usize, accumulate: bool) {
+    let a = PackedA::pack(a);
+    let b = PackedB::pack(b);
+    gemm_packed(
+        Bf16Kernel::detect(),
+        &a,
+        &b,
+        c,
+        ldc,
+        accumulate,
+        candle_core::utils::get_num_threads(),
+    );
+}
+
+/// Runs the blocked loops over the panels `panels` of B.
+///
+/// # Safety
+/// `out` must point to a row-major `[a.rows, b.cols]` output with row stride `ldc`,
+/// and no other thread may access the columns of these panels meanwhile.
+unsafe fn gemm_panels(
+    kernel: Bf16Kernel,
+    a: &PackedA,
+    b: &PackedB,
+    out: OutPtr,
+    ldc: usize,
+    accumulate: bool,
+    panels: std::ops::Range<usize>,
+) {
+    let (m, n, pairs) = (a.rows, b.cols, a.pairs);
+    let mut tile = [0.0f32; MR * NR];
+    for row_block in (0..m).step_by(MC) {
+        let block_end = (row_block + MC).min(m);
+        for k_block in (0..pairs).step_by(KC_PAIRS) {
+            let kc = KC_PAIRS.min(pairs - k_block);
+            let add = accumulate || k_block > 0;
+            for panel in panels.clone() {
+                let cols = NR.min(n - panel * NR);
+                let b_panel = &b.words[(panel * pairs + k_block) * NR..][..kc * NR];
+                for row in (row_block..block_end).step_by(MR) {
+                    let rows = MR.min(m - row);
+                    let a_block = &a.words[row * pairs + k_block..];
+                    let c_ptr = out.0.add(row * ldc + panel * NR);
+                    match kernel {
+                        #[cfg(target_arch = "x86_64")]
+                        Bf16Kernel::Avx512Bf16 => {
+                            avx512::tile(a_block, pairs, b_panel, kc, c_ptr, ldc, rows, cols, add)
+                        }
+                        #[cfg(not(target_arch = "x86_64"))]
+                        Bf16Kernel::Avx512Bf16 => portable_tile(
+                            a_block, pairs, b_panel, kc, &mut tile, c_ptr, ldc, rows, cols, add,
+                        ),
+                        Bf16Kernel::Portable => portable_tile(
+                            a_block, pairs, b_panel, kc, &mut tile, c_ptr, ldc, rows, cols, add,
+                        ),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Portable micro-kernel: one `MR x NR` tile over `kc` pairs.
+///
+/// # Safety
+/// `c` must point to `rows` rows of `cols` writable values with row stride `ldc`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn portable_tile(
+    a: &[u32],
+    a_stride: usize,
+    b: &[u32],
+    kc: usize,
+    tile: &mut [f32; MR * NR],
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    add: bool,
+) {
+    tile.fill(0.0);
+    for q in 0..kc {
+        let b_row = &b[q * NR..(q + 1) * NR];
+        for r in 0..MR {
+            let word = a[r * a_stride + q];
+            let a_lo = from_bf16_bits(word as u16);
+            let a_hi = from_bf16_bits((word >> 16) as u16);
+            let acc = &mut tile[r * NR..(r + 1) * NR];
+            for (sum, &b_word) in acc.iter_mut().zip(b_row) {
+                let b_lo = from_bf16_bits(b_word as u16);
+                let b_hi = from_bf16_bits((b_word >> 16) as u16);
+                *sum += a_lo * b_lo + a_hi * b_hi;
+            }
+        }
+    }
+    for r in 0..rows {
+        let row = c.add(r * ldc);
+        for j in 0..cols {
+            let value = tile[r * NR + j];
+            *row.add(j) = if add { *row.add(j) + value } else { value };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+    use std::mem::transmute;
+
+    use super::{MR, NR};
+
+    /// Converts a contiguous row into pair words with `vcvtne2ps2bf16`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX512F and AVX512-BF16; `out` holds `ceil(row.len() / 2)`
+    /// words.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn pack_row(row: &[f32], out: &mut [u32]) {
+        let depth = row.len();
+        let full = depth / 32;
+        for block in 0..full {
+            let lo = _mm512_loadu_ps(row.as_ptr().add(block * 32));
+            let hi = _mm512_loadu_ps(row.as_ptr().add(block * 32 + 16));
+            // The second operand fills the low half: words keep the source order.
+            let packed: __m512i = transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_storeu_si512(out.as_mut_ptr().add(block * 16) as *mut _, packed);
+        }
+        for q in full * 16..out.len() {
+            let hi = if 2 * q + 1 < depth {
+                row[2 * q + 1]
+            } else {
+                0.0
+            };
+            out[q] = super::pair(row[2 * q], hi);
+        }
+    }
+
+    /// One `MR x NR` tile over `kc` pairs: `c (+)= a b`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX512F and AVX512-BF16. `a` holds [`MR`] rows of `kc` words
+    /// at row stride `a_stride`, `b` holds `kc * NR` words, and `c` points to `rows`
+    /// rows of `cols` writable values with row stride `ldc`.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn tile(
+        a: &[u32],
+        a_stride: usize,
+        b: &[u32],
+        kc: usize,
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+        add: bool,
+    ) {
+        debug_assert!(a.len() > (MR - 1) * a_stride + kc - 1);
+        debug_assert!(b.len() >= kc * NR);
+        let mut acc = [[_mm512_setzero_ps(); 3]; MR];
+        let a_ptr = a.as_ptr();
+        let mut b_ptr = b.as_ptr();
+        for q in 0..kc {
+            let b0: __m512bh = transmute(_mm512_loadu_ps(b_ptr as *const f32));
+            let b1: __m512bh = transmute(_mm512_loadu_ps(b_ptr.add(16) as *const f32));
+            let b2: __m512bh = transmute(_mm512_loadu_ps(b_ptr.add(32) as *const f32));
+            for (r, row) in acc.iter_mut().enumerate() {
+                let word = *a_ptr.add(r * a_stride + q);
+                let broadcast: __m512bh = transmute(_mm512_set1_epi32(word as i32));
+                row[0] = _mm512_dpbf16_ps(row[0], broadcast, b0);
+                row[1] = _mm512_dpbf16_ps(row[1], broadcast, b1);
+                row[2] = _mm512_dpbf16_ps(row[2], broadcast, b2);
+            }
+            b_ptr = b_ptr.add(NR);
+        }
+        for (r, row) in acc.iter().enumerate().take(rows) {
+            let out = c.add(r * ldc);
+            for (v, &sum) in row.iter().enumerate() {
+                let first = v * 16;
+                if first >= cols {
+                    break;
+                }
+                let lanes = (cols - first).min(16);
+                let mask: __mmask16 = if lanes == 16 {
+                    0xffff
+                } else {
+                    (1u16 << lanes) - 1
+                };
+                let ptr = out.add(first);
+                let value = if add {
+                    _mm512_add_ps(_mm512_maskz_loadu_ps(mask, ptr), sum)
+                } else {
+                    sum
+                };
+                _mm512_mask_storeu_ps(ptr, mask, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    fn random(rng: &mut Rng, count: usize) -> Vec<f32> {
+        rng.uniform(count, -1.0, 1.0)
+    }
+
+    /// Returns `(exact, bound)` for each output: the f64 product of the bf16-rounded
+    /// inputs, and `sum |a| |b|`, which scales the rounding error.
+    fn reference(a: MatRef<'_>, b: MatRef<'_>) -> (Vec<f64>, Vec<f64>) {
+        let (m, k, n) = (a.rows(), a.cols(), b.cols());
+        let mut exact = vec![0.0; m * n];
+        let mut bound = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                for p in 0..k {
+                    let x = round_to_bf16(a.at(i, p)) as f64;
+                    let y = round_to_bf16(b.at(p, j)) as f64;
+                    exact[i * n + j] += x * y;
+                    bound[i * n + j] += (a.at(i, p) as f64 * b.at(p, j) as f64).abs();
+                }
+            }
+        }
+        (exact, bound)
+    }
+
+    fn kernels() -> Vec<Bf16Kernel> {
+        let mut kernels = vec![Bf16Kernel::Portable];
+        if has_avx512_bf16() {
+            kernels.push(Bf16Kernel::Avx512Bf16);
+        }
+        kernels
+    }
+
+    /// Checks one product of shape `[m, k] x [k, n]` against the f64 references, with
+    /// A stored transposed when `a_transposed` and B when `b_transposed`.
+    fn check_shape(m: usize, k: usize, n: usize, a_transposed: bool, b_transposed: bool) {
+        let mut rng = Rng::seed((m * 1000 + k * 10 + n) as u64);
+        let a_data = random(&mut rng, m * k);
+        let b_data = random(&mut rng, k * n);
+        let a = if a_transposed {
+            MatRef::transposed(&a_data, m, k)
+        } else {
+            MatRef::row_major(&a_data, m, k)
+        };
+        let b = if b_transposed {
+            MatRef::transposed(&b_data, k, n)
+        } else {
+            MatRef::row_major(&b_data, k, n)
+        };
+        let (exact, bound) = reference(a, b);
+        let start = random(&mut rng, m * n);
+        let packed_a = PackedA::pack(a);
+        let packed_b = PackedB::pack(b);
+        for kernel in kernels() {
+            for accumulate in [false, true] {
+                for threads in [1, 3] {
+                    let mut c = start.clone();
+                    gemm_packed(kernel, &packed_a, &packed_b, &mut c, n, accumulate, threads);
+                    for index in 0..m * n {
+                        let base = if accumulate { start[index] as f64 } else { 0.0 };
+                        let got = c[index] as f64 - base;
+                        // f32 sums of k terms: at most k * 2^-24 of sum |a b| each way.
+                        let f32_error = (k as f64 + 2.0) * 6e-8 * bound[index] + 1e-6;
+                        assert!(
+                            (got - exact[index]).abs() <= f32_error,
+                            "{kernel:?} [{m}x{k}]x[{k}x{n}] ({a_transposed}, {b_transposed}) accumulate {accumulate} threads {threads} at {index}: got {got}, bf16 reference {}",
+                            exact[index]
+                        );
+                        // Against unrounded inputs: each factor moves by at most 2^-9.
+                        let unrounded: f64 = (0..k)
+                            .map(|p| a.at(index / n, p) as f64 * b.at(p, index % n) as f64)
+                            .sum();
+                        assert!(
+                            (got - unrounded).abs()
+                                <= 2.0 * 2f64.powi(-8) * bound[index] + f32_error,
+                            "{kernel:?} at {index}: got {got}, f64 product {unrounded}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tiny_and_odd_shapes_match_reference() {
+        for (m, k, n) in [(1, 1, 1), (3, 17, 5), (17, 3, 49), (1, 200, 97), (9, 50, 1)] {
+            check_shape(m, k, n, false, false);
+        }
+    }
+
+    #[test]
+    fn transposed_views_match_reference() {
+        for (m, k, n) in [(17, 33, 50), (8, 48, 48), (3, 1, 3)] {
+            check_shape(m, k, n, true, false);
+            check_shape(m, k, n, false, true);
+            check_shape(m, k, n, true, true);
+        }
+    }
+
+    #[test]
+    fn blocks_of_k_and_rows_match_reference() {
+        // k = 301 crosses one block of 128 pairs twice; m = 263 crosses the row block.
+        check_shape(263, 301, 20, false, true);
+        check_shape(10, 301, 100, true, false);
+    }
+
+    #[test]
+    fn kernels_agree_closely() {
+        if !has_avx512_bf16() {
+            return;
+        }
+        let (m, k, n) = (37, 130, 101);
+        let mut rng = Rng::seed(5);
+        let a_data = random(&mut rng, m * k);
+        let b_data = random(&mut rng, k * n);
+        let a = PackedA::pack(MatRef::row_major(&a_data, m, k));
+        let b = PackedB::pack(MatRef::row_major(&b_data, k, n));
+        let mut fast = vec![0.0; m * n];
+        let mut portable = vec![0.0; m * n];
+        gemm_packed(Bf16Kernel::Avx512Bf16, &a, &b, &mut fast, n, false, 2);
+        gemm_packed(Bf16Kernel::Portable, &a, &b, &mut portable, n, false, 2);
+        for (index, (x, y)) in fast.iter().zip(&portable).enumerate() {
+            assert!((x - y).abs() < 1e-4, "at {index}: AVX512 {x}, portable {y}");
+        }
+    }
+
+    #[test]
+    fn rounding_is_nearest_even() {
+        // 1 + 2^-8 lies halfway between two bf16 values and rounds to even (1.0);
+        // 1 + 3 * 2^-8 rounds up to 1 + 2^-6.
+        assert_eq!(round_to_bf16(1.0 + 2f32.powi(-8)), 1.0);
+        assert_eq!(
+            round_to_bf16(1.0 + 3.0 * 2f32.powi(-8)),
+            1.0 + 2f32.powi(-6)
+        );
+        assert_eq!(round_to_bf16(-2.5), -2.5);
+        assert!(round_to_bf16(f32::NAN).is_nan());
+        assert_eq!(round_to_bf16(f32::INFINITY), f32::INFINITY);
+    }
+
+    #[test]
+    fn output_row_stride_leaves_gaps_untouched() {
+        let (m, k, n, ldc) = (3, 4, 5, 7);
+        let a_data: Vec<f32> = (0..m * k).map(|v| v as f32).collect();
+        let b_data: Vec<f32> = (0..k * n).map(|v| (v % 3) as f32).collect();
+        let a = PackedA::pack(MatRef::row_major(&a_data, m, k));
+        let b = PackedB::pack(MatRef::row_major(&b_data, k, n));
+        for kernel in kernels() {
+            let mut c = vec![-1.0f32; (m - 1) * ldc + n + 2];
+            gemm_packed(kernel, &a, &b, &mut c, ldc, false, 1);
+            // Row 0 of A is [0, 1, 2, 3]; column 0 of B is [0, 2, 1, 0]: 0 + 2 + 2 + 0.
+            assert_eq!(c[0], 4.0, "{kernel:?}");
+            assert_eq!(c[5], -1.0, "{kernel:?} wrote into the gap of row 0");
+            assert_eq!(c[6], -1.0, "{kernel:?} wrote into the gap of row 0");
+            assert_eq!(
+                c[(m - 1) * ldc + n],
+                -1.0,
+                "{kernel:?} wrote past the last row"
+            );
+        }
+    }
+}

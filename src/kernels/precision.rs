@@ -1,0 +1,471 @@
+//! The number format of the CPU matrix products, weights packed in that format, and a
+//! differentiable bf16 matrix product for Candle tensors.
+//!
+//! f32 is the default and runs the `gemm` crate's f32 kernels unchanged. bf16 rounds
+//! both operands of every product to bfloat16 and accumulates in f32
+//! ([`super::bf16`]); the parameters and every other operation stay f32. int8
+//! ([`super::int8`]) quantises weights per output row and activations per input row,
+//! and serves inference only.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use candle_core::{
+    backend::BackendStorage, bail, CpuStorage, DType, Layout, Result, Shape, Tensor,
+};
+use serde::{Deserialize, Serialize};
+
+use super::bf16::{self, Bf16Kernel, MatRef, PackedA, PackedB};
+use super::contiguous_slice;
+use super::int8::{self, PackedInt8};
+
+/// Number format of the matrix products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 inputs and sums (the `gemm` crate).
+    #[default]
+    F32,
+    /// Inputs rounded to bfloat16, f32 sums (AVX512-BF16 `vdpbf16ps`).
+    Bf16,
+    /// Weights as int8 with one scale per row, activations quantised per row at run
+    /// time, i32 sums (AVX512-VNNI `vpdpbusd`). Inference only.
+    Int8,
+}
+
+impl Precision {
+    /// Returns the name used by `--precision` and in reports: `f32`, `bf16` or `int8`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::Int8 => "int8",
+        }
+    }
+
+    /// Checks that this CPU has the instructions the fast kernels of `self` need.
+    /// Without them the products still run, on slower portable kernels, so callers
+    /// that only want correct results may skip this check.
+    pub fn check_cpu(self) -> std::result::Result<(), PrecisionError> {
+        let (supported, feature) = match self {
+            Self::F32 => (true, ""),
+            Self::Bf16 => (bf16::has_avx512_bf16(), "AVX512-BF16"),
+            Self::Int8 => (int8::has_avx512_vnni(), "AVX512-VNNI"),
+        };
+        if supported {
+            Ok(())
+        } else {
+            Err(PrecisionError::MissingCpuFeature {
+                precision: self,
+                feature,
+            })
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Precision {
+    type Err = PrecisionError;
+
+    fn from_str(text: &str) -> std::result::Result<Self, Self::Err> {
+        match text {
+            "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            "int8" => Ok(Self::Int8),
+            other => Err(PrecisionError::Unknown(other.to_string())),
+        }
+    }
+}
+
+/// Errors of [`Precision`] parsing and checks.
+#[derive(Debug, thiserror::Error)]
+pub enum PrecisionError {
+    /// The name is not a precision.
+    #[error("unknown precision `{0}`; expected f32, bf16 or int8")]
+    Unknown(String),
+    /// The CPU lacks the instructions of the fast kernels.
+    #[error("--precision {precision} needs a CPU with {feature}, which this one does not report; use --precision f32")]
+    MissingCpuFeature {
+        /// The requested precision.
+        precision: Precision,
+        /// The missing CPU feature.
+        feature: &'static str,
+    },
+}
+
+/// A weight `W [n, k]` packed once for products `x W^T` in a reduced precision.
+#[derive(Debug, Clone)]
+pub enum PackedWeight {
+    /// Rounded to bf16.
+    Bf16(PackedB),
+    /// Quantised to int8 per row.
+    Int8(PackedInt8),
+}
+
+impl PackedWeight {
+    /// Packs the row-major weight `w` `[n, k]` for `precision`, or returns `None` for
+    /// f32, which multiplies the weight as it is.
+    pub fn pack(w: &[f32], n: usize, k: usize, precision: Precision) -> Option<Self> {
+        match precision {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(Self::Bf16(PackedB::pack_transposed(w, n, k))),
+            Precision::Int8 => Some(Self::Int8(PackedInt8::pack(w, n, k))),
+        }
+    }
+
+    /// Returns `(n, k)`, the shape of the packed weight.
+    pub fn dims(&self) -> (usize, usize) {
+        match self {
+            Self::Bf16(b) => (b.cols(), b.depth()),
+            Self::Int8(w) => (w.rows(), w.depth()),
+        }
+    }
+
+    /// Computes `out = x W^T`, or `out += x W^T` with `accumulate`, for `x` row-major
+    /// `[m, k]` and `out` row-major `[m, n]`.
+    pub fn matmul_transposed(&self, x: &[f32], m: usize, out: &mut [f32], accumulate: bool) {
+        let threads = candle_core::utils::get_num_threads();
+        match self {
+            Self::Bf16(b) => {
+                let a = PackedA::pack(MatRef::row_major(x, m, b.depth()));
+                bf16::gemm_packed(
+                    Bf16Kernel::detect(),
+                    &a,
+                    b,
+                    out,
+                    b.cols(),
+                    accumulate,
+                    threads,
+                );
+            }
+            Self::Int8(w) => w.matmul_transposed(x, m, out, accumulate, threads),
+        }
+    }
+}
+
+/// Returns `x W^T` for `x` `[m, k]` and a weight `[n, k]`: in f32 with Candle when
+/// `packed` is `None`, else with the packed weight (no gradient flows then).
+pub fn linear_packed(x: &Tensor, w: &Tensor, packed: Option<&Arc<PackedWeight>>) -> Result<Tensor> {
+    let Some(packed) = packed else {
+        return x.matmul(&w.t()?);
+    };
+    let (m, k) = x.dims2()?;
+    let (n, packed_k) = packed.dims();
+    if packed_k != k || w.dims() != [n, k] {
+        bail!(
+            "linear_packed: input {:?}, weight {:?} and packed weight [{n}, {packed_k}] do not match",
+            x.dims(),
+            w.dims()
+        );
+    }
+    let values = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let mut out = vec![0.0f32; m * n];
+    packed.matmul_transposed(&values, m, &mut out, false);
+    Tensor::from_vec(out, (m, n), x.device())?.to_dtype(x.dtype())
+}
+
+/// Returns `op(a) op(b)` with bf16 products and f32 sums, for f32 CPU tensors.
+///
+/// `op(a)` is `a` `[m, k]`, or with `a_transposed` the transpose of `a` stored
+/// `[k, m]`. Likewise `op(b)` is `b` `[k, n]`, or with `b_transposed` the transpose of
+/// `b` stored `[n, k]`. Gradients flow to both, computed with bf16 products too.
+pub fn bf16_matmul(
+    a: &Tensor,
+    b: &Tensor,
+    a_transposed: bool,
+    b_transposed: bool,
+) -> Result<Tensor> {
+    let (a_rows, a_cols) = a.dims2()?;
+    let (b_rows, b_cols) = b.dims2()?;
+    let inner_a = if a_transposed { a_rows } else { a_cols };
+    let inner_b = if b_transposed { b_cols } else { b_rows };
+    if inner_a != inner_b {
+        bail!(
+            "bf16_matmul: inner dimensions differ: a {:?} (transposed: {a_transposed}), b {:?} (transposed: {b_transposed})",
+            a.dims(),
+            b.dims()
+        );
+    }
+    a.contiguous()?.apply_op2(
+        &b.contiguous()?,
+        Bf16Matmul {
+            a_transposed,
+            b_transposed,
+        },
+    )
+}
+
+/// The custom operation behind [`bf16_matmul`].
+struct Bf16Matmul {
+    a_transposed: bool,
+    b_transposed: bool,
+}
+
+impl candle_core::CustomOp2 for Bf16Matmul {
+    fn name(&self) -> &'static str {
+        "bf16-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if s1.dtype() != DType::F32 || s2.dtype() != DType::F32 {
+            bail!(
+                "bf16_matmul: operands have dtypes {:?} and {:?}, expected f32",
+                s1.dtype(),
+                s2.dtype()
+            );
+        }
+        let a_data = contiguous_slice::<f32>(s1, l1, "bf16_matmul", "a")?;
+        let b_data = contiguous_slice::<f32>(s2, l2, "bf16_matmul", "b")?;
+        let (a_rows, a_cols) = l1.shape().dims2()?;
+        let (b_rows, b_cols) = l2.shape().dims2()?;
+        let a = if self.a_transposed {
+            MatRef::transposed(a_data, a_cols, a_rows)
+        } else {
+            MatRef::row_major(a_data, a_rows, a_cols)
+        };
+        let b = if self.b_transposed {
+            MatRef::transposed(b_data, b_cols, b_rows)
+        } else {
+            MatRef::row_major(b_data, b_rows, b_cols)
+        };
+        let (m, n) = (a.rows(), b.cols());
+        let mut out = vec![0.0f32; m * n];
+        bf16::matmul(a, b, &mut out, n, false);
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _result: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // With C = op(a) op(b): dop(a) = dC op(b)^T and dop(b) = op(a)^T dC; a stored
+        // transposed operand gets the transpose of its gradient.
+        let grad_a = if self.a_transposed {
+            bf16_matmul(b, grad, self.b_transposed, true)?
+        } else {
+            bf16_matmul(grad, b, false, !self.b_transposed)?
+        };
+        let grad_b = if self.b_transposed {
+            bf16_matmul(grad, a, true, self.a_transposed)?
+        } else {
+            bf16_matmul(a, grad, !self.a_transposed, false)?
+        };
+        Ok((Some(grad_a), Some(grad_b)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+    use candle_core::{Device, Var};
+
+    fn var(rng: &mut Rng, shape: (usize, usize)) -> Var {
+        let tensor = Tensor::from_vec(
+            rng.uniform(shape.0 * shape.1, -1.0, 1.0),
+            shape,
+            &Device::Cpu,
+        )
+        .unwrap();
+        Var::from_tensor(&tensor).unwrap()
+    }
+
+    fn values(tensor: &Tensor) -> Vec<f32> {
+        tensor.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    fn assert_close(got: &[f32], want: &[f32], tolerance: f32, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+        for (index, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= tolerance,
+                "{what}[{index}]: bf16 {g}, f32 {w}"
+            );
+        }
+    }
+
+    #[test]
+    fn bf16_matmul_gradients_match_f32() {
+        // Every layout: forward and both gradients against Candle's f32 matmul of a
+        // weighted sum, within bf16 rounding of sums over 9 to 13 terms.
+        let mut rng = Rng::seed(4);
+        let (m, k, n) = (7, 9, 13);
+        let weights =
+            Tensor::from_vec(rng.uniform(m * n, -1.0, 1.0), (m, n), &Device::Cpu).unwrap();
+        for (a_transposed, b_transposed) in
+            [(false, false), (false, true), (true, false), (true, true)]
+        {
+            let a = var(&mut rng, if a_transposed { (k, m) } else { (m, k) });
+            let b = var(&mut rng, if b_transposed { (n, k) } else { (k, n) });
+            let op = |t: &Tensor, transposed: bool| {
+                if transposed {
+                    t.t().unwrap()
+                } else {
+                    t.clone()
+                }
+            };
+            let reference = op(a.as_tensor(), a_transposed)
+                .matmul(&op(b.as_tensor(), b_transposed))
+                .unwrap();
+            let result =
+                bf16_matmul(a.as_tensor(), b.as_tensor(), a_transposed, b_transposed).unwrap();
+            let what = format!("layout ({a_transposed}, {b_transposed})");
+            assert_close(
+                &values(&result),
+                &values(&reference),
+                0.05,
+                &format!("{what} product"),
+            );
+            let grads = result
+                .mul(&weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let grads_ref = reference
+                .mul(&weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for (name, v) in [("a", &a), ("b", &b)] {
+                let got = grads.get(v.as_tensor()).unwrap();
+                let want = grads_ref.get(v.as_tensor()).unwrap();
+                assert_eq!(got.dims(), want.dims(), "{what} gradient of {name}: shapes");
+                assert_close(
+                    &values(got),
+                    &values(want),
+                    0.06,
+                    &format!("{what} gradient of {name}"),
+                );
+            }
+        }
+    }
+
+    /// Returns the value of `loss` and its gradients with respect to `vars`.
+    fn loss_and_grads(vars: &[Var], loss: Tensor) -> (f32, Vec<Vec<f32>>) {
+        let grads = loss.backward().unwrap();
+        let gradients = vars
+            .iter()
+            .map(|v| values(grads.get(v.as_tensor()).unwrap()))
+            .collect();
+        (loss.to_scalar::<f32>().unwrap(), gradients)
+    }
+
+    #[test]
+    fn bf16_lstm_matches_f32() {
+        use crate::kernels::lstm::lstm_sequence_with;
+        let (time, batch, hidden) = (5, 3, 20);
+        let mut rng = Rng::seed(12);
+        let vars = [
+            var(&mut rng, (time * batch, 4 * hidden)),
+            var(&mut rng, (4 * hidden, hidden)),
+            var(&mut rng, (batch, hidden)),
+            var(&mut rng, (batch, hidden)),
+        ];
+        let weights = Tensor::from_vec(
+            rng.uniform(time * batch * hidden, -1.0, 1.0),
+            (time, batch, hidden),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let run = |precision: Precision| {
+            let projected = vars[0]
+                .as_tensor()
+                .reshape((time, batch, 4 * hidden))
+                .unwrap();
+            let output = lstm_sequence_with(
+                &projected,
+                vars[1].as_tensor(),
+                vars[2].as_tensor(),
+                vars[3].as_tensor(),
+                precision,
+                None,
+            )
+            .unwrap();
+            let loss = output.outputs.mul(&weights).unwrap().sum_all().unwrap();
+            loss_and_grads(&vars, loss)
+        };
+        let (loss_f32, grads_f32) = run(Precision::F32);
+        let (loss_bf16, grads_bf16) = run(Precision::Bf16);
+        assert!(
+            (loss_f32 - loss_bf16).abs() < 0.02 * loss_f32.abs().max(1.0),
+            "loss: bf16 {loss_bf16}, f32 {loss_f32}"
+        );
+        for (name, (got, want)) in ["projected", "W_hh", "h0", "c0"]
+            .iter()
+            .zip(grads_bf16.iter().zip(&grads_f32))
+        {
+            assert_close(got, want, 0.05, &format!("gradient of {name}"));
+        }
+    }
+
+    #[test]
+    fn bf16_decoder_loss_matches_f32() {
+        use crate::kernels::decoder::decoder_cross_entropy_with;
+        // 300 rows cross one chunk of 256 positions.
+        let (rows, features, classes) = (300, 24, 70);
+        let mut rng = Rng::seed(13);
+        let vars = [
+            var(&mut rng, (rows, features)),
+            var(&mut rng, (classes, features)),
+        ];
+        let bias = Var::from_tensor(
+            &Tensor::from_vec(rng.uniform(classes, -1.0, 1.0), classes, &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        let ids: Vec<u32> = (0..rows)
+            .map(|_| rng.below(classes as u64) as u32)
+            .collect();
+        let targets = Tensor::from_vec(ids, rows, &Device::Cpu).unwrap();
+        let run = |precision: Precision| {
+            let loss = decoder_cross_entropy_with(
+                vars[0].as_tensor(),
+                vars[1].as_tensor(),
+                Some(bias.as_tensor()),
+                &targets,
+                precision,
+            )
+            .unwrap();
+            loss_and_grads(&vars, loss)
+        };
+        let (loss_f32, grads_f32) = run(Precision::F32);
+        let (loss_bf16, grads_bf16) = run(Precision::Bf16);
+        assert!(
+            (loss_f32 - loss_bf16).abs() < 0.01 * loss_f32,
+            "loss: bf16 {loss_bf16}, f32 {loss_f32}"
+        );
+        // Gradients of a mean over 300 rows are small: compare with a matching scale.
+        for (name, (got, want)) in ["hidden", "weight"]
+            .iter()
+            .zip(grads_bf16.iter().zip(&grads_f32))
+        {
+            assert_close(got, want, 2e-3, &format!("gradient of {name}"));
+        }
+    }
+
+    #[test]
+    fn precision_names_round_trip() {
+        for precision in [Precision::F32, Precision::Bf16, Precision::Int8] {
+            assert_eq!(precision.name().parse::<Precision>().unwrap(), precision);
+        }
+        assert!("fp16".parse::<Precision>().is_err());
+    }
+}
