@@ -3,6 +3,7 @@
 use anyhow::bail;
 use clap::{Args, Subcommand, ValueEnum};
 
+use super::training::{select_device, DeviceSpec, DEVICE_HELP};
 use crate::pipeline::bench::{run_lm_bench, LmBenchOptions, LmBenchReport, LmPreset};
 
 /// Benchmarks.
@@ -82,6 +83,9 @@ pub struct LmArgs {
     /// Print one JSON object instead of a summary.
     #[arg(long)]
     pub json: bool,
+
+    #[arg(long, default_value = "cpu", value_name = "DEVICE", help = DEVICE_HELP)]
+    pub device: DeviceSpec,
 }
 
 /// Runs `ulmfit bench`.
@@ -120,6 +124,7 @@ fn run_lm(args: LmArgs) -> anyhow::Result<()> {
     options.rnn_reg = args.rnn_reg;
     options.fused_loss = !args.unfused_loss;
     options.seed = args.seed;
+    options.device = select_device(args.device)?;
 
     let report = run_lm_bench(&options)?;
     if args.json {

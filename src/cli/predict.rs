@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use super::data::DataArgs;
+use super::training::{select_device, DeviceSpec, DEVICE_HELP};
 use crate::api::to_prediction;
 use crate::pipeline::predict::{LoadedClassifier, DEFAULT_PREDICT_BATCH};
 use crate::text::readers::{detect_format, read_all, Format, LabelRequirement};
@@ -42,6 +43,9 @@ pub struct PredictArgs {
     /// Texts scored together.
     #[arg(long, default_value_t = DEFAULT_PREDICT_BATCH, value_name = "N")]
     pub batch_size: usize,
+
+    #[arg(long, default_value = "cpu", value_name = "DEVICE", help = DEVICE_HELP)]
+    pub device: DeviceSpec,
 
     #[command(flatten)]
     pub data_options: DataArgs,
@@ -90,9 +94,10 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     } else {
         args.model.clone()
     };
+    let device = select_device(args.device)?;
     let models: Vec<LoadedClassifier> = dirs
         .iter()
-        .map(|dir| LoadedClassifier::load(dir))
+        .map(|dir| LoadedClassifier::load_on(dir, &device))
         .collect::<anyhow::Result<_>>()?;
     let classes = models[0].config.classes.clone();
     for model in &models[1..] {

@@ -2,7 +2,9 @@
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 
-use crate::kernels::lstm::{lstm_sequence, LstmSequenceOutput};
+use super::dropout::{uses_cuda_kernels, WeightMask};
+use crate::kernels::cuda::ops::lstm_sequence_stepwise;
+use crate::kernels::lstm::{lstm_sequence, lstm_sequence_autograd, LstmSequenceOutput};
 use crate::rng::Rng;
 
 /// The parameters of one LSTM layer, in PyTorch's layout and gate order (input, forget,
@@ -67,15 +69,20 @@ impl LstmLayer {
 
     /// Runs the layer over a time-major `input` `[time, batch, input]` from the state
     /// `h0`, `c0` (`[batch, hidden]`). With `weight_mask` (`[4 hidden, hidden]`), the
-    /// recurrence uses `weight_hh * weight_mask`, so the gradient reaches the raw weight.
-    /// With `track_gradients` false, the parameters enter detached and the fused kernel
-    /// keeps nothing for a backward pass.
+    /// recurrence uses the masked `weight_hh`, so the gradient reaches the raw weight.
+    /// With `track_gradients` false, the parameters enter detached and the kernels keep
+    /// nothing for a backward pass.
+    ///
+    /// On the CPU the recurrence is the fused whole-sequence operation
+    /// ([`lstm_sequence`]). On a CUDA device it runs one cuBLAS product and one cell
+    /// kernel per step ([`lstm_sequence_stepwise`]) in f32, and stock Candle operations
+    /// in other dtypes.
     pub fn forward(
         &self,
         input: &Tensor,
         h0: &Tensor,
         c0: &Tensor,
-        weight_mask: Option<&Tensor>,
+        weight_mask: Option<&WeightMask>,
         track_gradients: bool,
     ) -> Result<LstmSequenceOutput> {
         let param = |var: &Var| {
@@ -94,9 +101,15 @@ impl LstmLayer {
             .broadcast_add(&bias)?
             .reshape((time, batch, gate_width))?;
         let weight_hh = match weight_mask {
-            Some(mask) => param(&self.weight_hh).mul(mask)?,
+            Some(mask) => mask.apply(&param(&self.weight_hh))?,
             None => param(&self.weight_hh),
         };
-        lstm_sequence(&projected, &weight_hh, h0, c0)
+        if projected.device().is_cpu() {
+            lstm_sequence(&projected, &weight_hh, h0, c0)
+        } else if uses_cuda_kernels(&projected) {
+            lstm_sequence_stepwise(&projected, &weight_hh, h0, c0)
+        } else {
+            lstm_sequence_autograd(&projected, &weight_hh, h0, c0)
+        }
     }
 }
