@@ -551,8 +551,8 @@ mod gpu {
             .collect()
     }
 
-    /// A training step of a small language model (dropout, AR and TAR on) on the GPU
-    /// against the same step on the CPU: loss and every parameter's gradient.
+    /// Compares a training step of a small language model (dropout, AR and TAR on) on the
+    /// GPU with the same step on the CPU: the loss and every parameter's gradient.
     #[test]
     #[ignore = "needs a CUDA GPU"]
     fn gpu_language_model_matches_cpu() {
@@ -610,9 +610,9 @@ mod gpu {
         }
     }
 
-    /// A training forward and backward pass of a small classifier (dropout on, documents
-    /// of several lengths over several chunks) on the GPU against the CPU: logits and
-    /// every parameter's gradient.
+    /// Compares a training pass of a small classifier (dropout on, documents of several
+    /// lengths over several chunks) on the GPU with the CPU: the logits and every
+    /// parameter's gradient.
     #[test]
     #[ignore = "needs a CUDA GPU"]
     fn gpu_classifier_matches_cpu() {

@@ -693,9 +693,9 @@ impl Classifier {
 }
 
 /// Returns the masked concat pooling `[rows, 3 * features]` ([last, max, mean]) of each
-/// row's kept output slices (`[n, features]` each, `n > 0`), computed by padding the
-/// rows to one `[rows, time, features]` tensor and running the pooling operation of
-/// [`crate::kernels::cuda::ops`] (the kernel on a GPU, its CPU twin on the CPU).
+/// row's kept output slices (`[n, features]` each, `n > 0`). The rows are padded to one
+/// `[rows, time, features]` tensor for the pooling operation of
+/// [`crate::kernels::cuda::ops`], which runs the kernel on a GPU and its twin on the CPU.
 pub(crate) fn concat_pool_padded(kept: &[Vec<Tensor>]) -> Result<Tensor> {
     let mut rows = Vec::with_capacity(kept.len());
     for slices in kept {
