@@ -459,10 +459,33 @@ fn device_cuda_is_a_clear_error() {
         let stderr = ulmfit_fails(&[
             command, model_flag, "missing", "--data", "missing", "--out", out, "--device", "cuda",
         ]);
-        assert!(
-            stderr.contains("--device cuda is not supported"),
-            "{command}: {stderr}"
-        );
+        assert!(stderr.contains("--device cuda:0"), "{command}: {stderr}");
+        assert!(stderr.contains("--device cpu"), "{command}: {stderr}");
+    }
+}
+
+#[test]
+fn device_option_rejects_unknown_names() {
+    let commands: [&[&str]; 8] = [
+        &["pretrain"],
+        &["lr-find"],
+        &["lm-finetune"],
+        &["classify"],
+        &["predict"],
+        &["perplexity"],
+        &["generate"],
+        &["bench", "lm"],
+    ];
+    for command in commands {
+        for (device, expected) in [
+            ("gpu", "expected cpu, cuda or cuda:N"),
+            ("cuda:x", "is not a non-negative integer"),
+        ] {
+            let mut args = command.to_vec();
+            args.extend(["--device", device]);
+            let stderr = ulmfit_fails(&args);
+            assert!(stderr.contains(expected), "{command:?} {device}: {stderr}");
+        }
     }
 }
 

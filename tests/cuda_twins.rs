@@ -1,9 +1,10 @@
-//! The CPU twins of the CUDA kernels against the crate's CPU paths and hand-computed
-//! values. With the `cuda` feature, ignored tests compare the kernels themselves with
-//! the twins on a GPU (`cargo test --features cuda --test cuda_twins -- --ignored`).
+//! The CPU twins of the CUDA kernels, and the operations built on them, against the
+//! crate's CPU paths and hand-computed values. With the `cuda` feature, ignored tests
+//! compare the kernels with the twins, and the model on a GPU with the model on the CPU
+//! (`cargo test --features cuda --test cuda_twins -- --ignored`).
 
 use candle_core::{Device, Tensor, Var};
-use ulmfit::kernels::cuda::twins;
+use ulmfit::kernels::cuda::{ops, twins};
 use ulmfit::kernels::lstm::lstm_sequence;
 use ulmfit::model::dropout::embed;
 use ulmfit::rng::Rng;
@@ -212,6 +213,189 @@ fn concat_pool_rejects_empty_row() {
     assert!(error.to_string().contains("row 1 has length 0"), "{error}");
 }
 
+/// Gradients of `objective` with respect to each of `vars`, as flat vectors.
+fn gradients(objective: &Tensor, vars: &[&Var]) -> Vec<Vec<f32>> {
+    let grads = objective.backward().expect("backward pass");
+    vars.iter()
+        .map(|var| values(grads.get(var.as_tensor()).expect("gradient of a variable")))
+        .collect()
+}
+
+/// `sum(tensor * weights)` with fixed random weights of the tensor's shape.
+fn weighted_sum(tensor: &Tensor, seed: u64) -> Tensor {
+    let mut rng = Rng::seed(seed);
+    let count = tensor.dims().iter().product::<usize>();
+    let weights = self::tensor(&rng.uniform(count, -1.0, 1.0), tensor.dims());
+    tensor
+        .mul(&weights)
+        .and_then(|t| t.sum_all())
+        .expect("weighted sum")
+}
+
+#[test]
+fn stepwise_lstm_matches_fused_cpu_lstm() {
+    let time = 4;
+    let mut rng = Rng::seed(41);
+    let inputs = [
+        (
+            rng.uniform(time * BATCH * 4 * HIDDEN, -2.0, 2.0),
+            vec![time, BATCH, 4 * HIDDEN],
+        ),
+        (
+            rng.uniform(4 * HIDDEN * HIDDEN, -0.5, 0.5),
+            vec![4 * HIDDEN, HIDDEN],
+        ),
+        (rng.uniform(BATCH * HIDDEN, -1.0, 1.0), vec![BATCH, HIDDEN]),
+        (rng.uniform(BATCH * HIDDEN, -1.0, 1.0), vec![BATCH, HIDDEN]),
+    ];
+    let run = |stepwise: bool| {
+        let vars: Vec<Var> = inputs
+            .iter()
+            .map(|(data, shape)| Var::from_tensor(&tensor(data, shape)).unwrap())
+            .collect();
+        let [projected, w_hh, h0, c0] = [0, 1, 2, 3].map(|i| vars[i].as_tensor());
+        let out = if stepwise {
+            ops::lstm_sequence_stepwise(projected, w_hh, h0, c0).unwrap()
+        } else {
+            lstm_sequence(projected, w_hh, h0, c0).unwrap()
+        };
+        let objective = (weighted_sum(&out.outputs, 42)
+            + weighted_sum(&out.h_last, 43)
+            + weighted_sum(&out.c_last, 44))
+        .unwrap();
+        let refs: Vec<&Var> = vars.iter().collect();
+        (
+            values(&out.outputs),
+            values(&out.c_last),
+            gradients(&objective, &refs),
+        )
+    };
+    let (outputs, c_last, grads) = run(true);
+    let (fused_outputs, fused_c_last, fused_grads) = run(false);
+    assert!(relative_error(&outputs, &fused_outputs) < 1e-6);
+    assert!(relative_error(&c_last, &fused_c_last) < 1e-6);
+    for (name, (grad, fused)) in ["projected", "W_hh", "h0", "c0"]
+        .iter()
+        .zip(grads.iter().zip(&fused_grads))
+    {
+        let error = relative_error(grad, fused);
+        assert!(error < 1e-5, "gradient of {name}: relative error {error}");
+    }
+}
+
+#[test]
+fn lstm_cell_op_rejects_f64() {
+    let zeros =
+        |shape: &[usize]| Tensor::zeros(shape, candle_core::DType::F64, &Device::Cpu).unwrap();
+    let error = ops::lstm_cell(&zeros(&[1, 4]), &zeros(&[1, 4]), &zeros(&[1, 1])).unwrap_err();
+    assert!(error.to_string().contains("f32 only"), "{error}");
+}
+
+#[test]
+fn weight_dropout_op_matches_mask_product() {
+    let (rows, cols) = (8, 5);
+    let mut rng = Rng::seed(51);
+    let weight = rng.uniform(rows * cols, -1.0, 1.0);
+    let mask = rng.dropout_mask(rows * cols, 0.4);
+    let keep: Vec<u8> = mask.iter().map(|&m| u8::from(m != 0.0)).collect();
+    let scale = 1.0 / (1.0 - 0.4f32);
+    let keep = Tensor::from_vec(keep, (rows, cols), &Device::Cpu).unwrap();
+
+    let var = Var::from_tensor(&tensor(&weight, &[rows, cols])).unwrap();
+    let dropped = ops::weight_dropout(var.as_tensor(), &keep, scale).unwrap();
+    let op_grad = gradients(&weighted_sum(&dropped, 52), &[&var]);
+
+    let reference_var = Var::from_tensor(&tensor(&weight, &[rows, cols])).unwrap();
+    let reference = reference_var
+        .as_tensor()
+        .mul(&tensor(&mask, &[rows, cols]))
+        .unwrap();
+    let reference_grad = gradients(&weighted_sum(&reference, 52), &[&reference_var]);
+
+    assert_eq!(values(&dropped), values(&reference));
+    assert_eq!(op_grad, reference_grad);
+}
+
+#[test]
+fn embedding_dropout_op_matches_embed_gradients() {
+    let (vocab, features, pad) = (7, 3, 1u32);
+    let mut rng = Rng::seed(61);
+    let weight = rng.uniform(vocab * features, -1.0, 1.0);
+    let row_scale = rng.dropout_mask(vocab, 0.3);
+    let ids = [4u32, 1, 0, 4, 6, 1, 2];
+    let ids_tensor = Tensor::from_slice(&ids, ids.len(), &Device::Cpu).unwrap();
+
+    let var = Var::from_tensor(&tensor(&weight, &[vocab, features])).unwrap();
+    let rows = ops::embedding_dropout(
+        var.as_tensor(),
+        &ids_tensor,
+        &tensor(&row_scale, &[vocab]),
+        Some(pad),
+    )
+    .unwrap();
+    let op_grad = gradients(&weighted_sum(&rows, 62), &[&var]);
+
+    let reference_var = Var::from_tensor(&tensor(&weight, &[vocab, features])).unwrap();
+    let reference = embed(
+        reference_var.as_tensor(),
+        &ids_tensor,
+        Some(&tensor(&row_scale, &[vocab, 1])),
+        Some(pad),
+    )
+    .unwrap();
+    let reference_grad = gradients(&weighted_sum(&reference, 62), &[&reference_var]);
+
+    assert_eq!(values(&rows), values(&reference));
+    assert!(relative_error(&op_grad[0], &reference_grad[0]) < 1e-6);
+    let pad_row = pad as usize * features..(pad as usize + 1) * features;
+    assert!(op_grad[0][pad_row].iter().all(|&g| g == 0.0));
+}
+
+#[test]
+fn concat_pool_op_matches_stock_pooling() {
+    let (batch, time, features) = (3, 5, 4);
+    let lengths = [5u32, 2, 4];
+    let mut rng = Rng::seed(71);
+    let mut data = rng.uniform(batch * time * features, -1.0, 1.0);
+    // A tie for the maximum in row 0, feature 1, positions 1 and 3.
+    data[features + 1] = 3.0;
+    data[3 * features + 1] = 3.0;
+
+    let var = Var::from_tensor(&tensor(&data, &[batch, time, features])).unwrap();
+    let pooled = ops::concat_pool(var.as_tensor(), &lengths).unwrap();
+    let op_grad = gradients(&weighted_sum(&pooled, 72), &[&var]);
+
+    let reference_var = Var::from_tensor(&tensor(&data, &[batch, time, features])).unwrap();
+    let mut rows = Vec::new();
+    for (b, &length) in lengths.iter().enumerate() {
+        let real = reference_var
+            .as_tensor()
+            .get(b)
+            .unwrap()
+            .narrow(0, 0, length as usize)
+            .unwrap();
+        let last = real.get(length as usize - 1).unwrap();
+        let max = real.max(0).unwrap();
+        let mean = real.mean(0).unwrap();
+        rows.push(Tensor::cat(&[&last, &max, &mean], 0).unwrap());
+    }
+    let reference = Tensor::stack(&rows, 0).unwrap();
+    let reference_grad = gradients(&weighted_sum(&reference, 72), &[&reference_var]);
+
+    assert!(relative_error(&values(&pooled), &values(&reference)) < 1e-6);
+    assert!(relative_error(&op_grad[0], &reference_grad[0]) < 1e-6);
+    // Row 1 is real at positions 0 and 1; its padding (positions 2 to 4) takes no gradient.
+    let padding = time * features + 2 * features..2 * time * features;
+    assert!(op_grad[0][padding].iter().all(|&g| g == 0.0));
+}
+
+#[test]
+fn concat_pool_op_rejects_long_length() {
+    let outputs = Tensor::zeros((2, 3, 1), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let error = ops::concat_pool(&outputs, &[3, 4]).unwrap_err();
+    assert!(error.to_string().contains("row 1 has length 4"), "{error}");
+}
+
 #[cfg(feature = "cuda")]
 mod gpu {
     //! The kernels against their twins on random inputs (needs a CUDA GPU).
@@ -345,6 +529,153 @@ mod gpu {
         )
         .unwrap();
         report("concat_pool", relative_error(&back(&out), &twin));
+    }
+
+    /// Largest relative error accepted between the model on the GPU and on the CPU, whose
+    /// matrix products sum in different orders.
+    const MODEL_TOLERANCE: f32 = 1e-4;
+
+    fn report_model(name: &str, error: f32) {
+        println!("model {name}: relative error {error:.3e}");
+        assert!(
+            error <= MODEL_TOLERANCE,
+            "{name}: relative error {error} above {MODEL_TOLERANCE}"
+        );
+    }
+
+    /// Returns the gradient of `loss` for each variable, as flat vectors.
+    fn gradients_of(loss: &Tensor, vars: &[candle_core::Var]) -> Vec<Vec<f32>> {
+        let grads = loss.backward().expect("backward pass");
+        vars.iter()
+            .map(|var| back(grads.get(var.as_tensor()).expect("gradient of a variable")))
+            .collect()
+    }
+
+    /// Compares a training step of a small language model (dropout, AR and TAR on) on the
+    /// GPU with the same step on the CPU: the loss and every parameter's gradient.
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn gpu_language_model_matches_cpu() {
+        use std::collections::HashMap;
+        use ulmfit::model::{AwdLstmConfig, LanguageModel};
+
+        let gpu = device();
+        let mut config = AwdLstmConfig::language_model(300);
+        config.embedding_size = 32;
+        config.hidden_size = 48;
+        let mut cpu_model =
+            LanguageModel::new(config.clone(), &mut Rng::seed(81), &Device::Cpu).unwrap();
+        let on_gpu: HashMap<String, Tensor> = cpu_model
+            .tensors()
+            .into_iter()
+            .map(|(name, tensor)| (name, tensor.to_device(&gpu).unwrap()))
+            .collect();
+        let mut gpu_model = LanguageModel::from_tensors(config, &on_gpu).unwrap();
+
+        let mut rng = Rng::seed(82);
+        let ids: Vec<u32> = (0..6 * 13).map(|_| rng.below(300) as u32).collect();
+        let all = Tensor::from_vec(ids, (6, 13), &Device::Cpu).unwrap();
+        let input = all.narrow(1, 0, 12).unwrap().contiguous().unwrap();
+        let targets = all.narrow(1, 1, 12).unwrap().contiguous().unwrap();
+        let step = |model: &mut LanguageModel, device: &Device| {
+            let loss = model
+                .forward_loss(
+                    &input.to_device(device).unwrap(),
+                    &targets.to_device(device).unwrap(),
+                    true,
+                    &mut Rng::seed(83),
+                    2.0,
+                    1.0,
+                )
+                .unwrap();
+            let value = loss.total.to_scalar::<f32>().unwrap();
+            (value, gradients_of(&loss.total, &model.vars()))
+        };
+        let (cpu_loss, cpu_grads) = step(&mut cpu_model, &Device::Cpu);
+        let (gpu_loss, gpu_grads) = step(&mut gpu_model, &gpu);
+        report_model(
+            "language model loss",
+            relative_error(&[gpu_loss], &[cpu_loss]),
+        );
+        let names: Vec<String> = cpu_model
+            .tensors()
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        for ((name, gpu_grad), cpu_grad) in names.iter().zip(&gpu_grads).zip(&cpu_grads) {
+            report_model(
+                &format!("language model gradient {name}"),
+                relative_error(gpu_grad, cpu_grad),
+            );
+        }
+    }
+
+    /// Compares a training pass of a small classifier (dropout on, documents of several
+    /// lengths over several chunks) on the GPU with the CPU: the logits and every
+    /// parameter's gradient.
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn gpu_classifier_matches_cpu() {
+        use std::collections::HashMap;
+        use ulmfit::model::{Classifier, ClassifierConfig};
+
+        let gpu = device();
+        let mut config = ClassifierConfig::new(200, 3);
+        config.encoder.embedding_size = 16;
+        config.encoder.hidden_size = 24;
+        config.bptt = 5;
+        let mut cpu_model =
+            Classifier::new(config.clone(), &mut Rng::seed(91), &Device::Cpu).unwrap();
+        let on_gpu: HashMap<String, Tensor> = cpu_model
+            .tensors()
+            .into_iter()
+            .map(|(name, tensor)| (name, tensor.to_device(&gpu).unwrap()))
+            .collect();
+        let mut gpu_model = Classifier::from_tensors(config, &on_gpu).unwrap();
+
+        let mut rng = Rng::seed(92);
+        let documents: Vec<Vec<u32>> = [17usize, 3, 9, 12, 1]
+            .iter()
+            .map(|&length| (0..length).map(|_| 2 + rng.below(198) as u32).collect())
+            .collect();
+        let refs: Vec<&[u32]> = documents.iter().map(Vec::as_slice).collect();
+        let run = |model: &mut Classifier| {
+            let output = model
+                .forward_train(&refs, &[false; 5], &mut Rng::seed(93))
+                .unwrap();
+            let weights = Tensor::from_vec(
+                Rng::seed(94).uniform(refs.len() * 3, -1.0, 1.0),
+                (refs.len(), 3),
+                output.logits.device(),
+            )
+            .unwrap();
+            let loss = output.logits.mul(&weights).unwrap().sum_all().unwrap();
+            let vars: Vec<candle_core::Var> = model
+                .layer_groups()
+                .into_iter()
+                .flatten()
+                .map(|(_, var)| var)
+                .collect();
+            (back(&output.logits), gradients_of(&loss, &vars))
+        };
+        let (cpu_logits, cpu_grads) = run(&mut cpu_model);
+        let (gpu_logits, gpu_grads) = run(&mut gpu_model);
+        report_model(
+            "classifier logits",
+            relative_error(&gpu_logits, &cpu_logits),
+        );
+        let names: Vec<String> = cpu_model
+            .layer_groups()
+            .into_iter()
+            .flatten()
+            .map(|(name, _)| name)
+            .collect();
+        for ((name, gpu_grad), cpu_grad) in names.iter().zip(&gpu_grads).zip(&cpu_grads) {
+            report_model(
+                &format!("classifier gradient {name}"),
+                relative_error(gpu_grad, cpu_grad),
+            );
+        }
     }
 
     /// Times a 3-layer LSTM stack of the `wt103` preset's sizes (batch 64, bptt 70,

@@ -5,6 +5,7 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use super::precision::TrainPrecision;
 
+use super::training::{select_device, DeviceSpec, DEVICE_HELP};
 use crate::pipeline::bench::{run_lm_bench, LmBenchOptions, LmBenchReport, LmPreset};
 
 /// Benchmarks.
@@ -77,6 +78,9 @@ pub struct LmArgs {
     /// Print one JSON object instead of a summary.
     #[arg(long)]
     pub json: bool,
+
+    #[arg(long, default_value = "cpu", value_name = "DEVICE", help = DEVICE_HELP)]
+    pub device: DeviceSpec,
 }
 
 /// Runs `ulmfit bench`.
@@ -113,6 +117,7 @@ fn run_lm(args: LmArgs) -> anyhow::Result<()> {
     options.fused_loss = !args.unfused_loss;
     options.seed = args.seed;
     options.precision = args.precision.checked()?;
+    options.device = select_device(args.device)?;
 
     let report = run_lm_bench(&options)?;
     if args.json {

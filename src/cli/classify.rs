@@ -8,7 +8,7 @@ use clap::{Args, Parser, ValueEnum};
 
 use super::data::DataArgs;
 use super::precision::TrainPrecision;
-use super::training::{run_folder, select_device, DeviceName};
+use super::training::{run_folder, select_device, DeviceSpec, DEVICE_HELP};
 use crate::model::classifier::{DEFAULT_BPTT, DEFAULT_HEAD_HIDDEN, DEFAULT_MAX_LEN};
 use crate::model::{Classifier, ClassifierConfig, DropoutConfig};
 use crate::pipeline::classify::{
@@ -149,9 +149,8 @@ pub struct ClassifyArgs {
     #[arg(long, value_name = "FILE")]
     pub log_json: Option<PathBuf>,
 
-    /// Device to train on. Only `cpu` is supported by this build.
-    #[arg(long, value_enum, default_value = "cpu", value_name = "DEVICE")]
-    pub device: DeviceName,
+    #[arg(long, default_value = "cpu", value_name = "DEVICE", help = DEVICE_HELP)]
+    pub device: DeviceSpec,
 
     /// Format of the matrix products of the encoder's LSTM layers: f32, or bf16
     /// (inputs rounded to bfloat16, f32 sums, parameters kept in f32). bf16 needs a CPU

@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use super::perplexity::load_language_model;
+use super::training::{DeviceSpec, DEVICE_HELP};
 use crate::pipeline::generate::{detokenize, generate_tokens, SamplingOptions};
 use crate::pipeline::model_folder::LoadedModel;
 use crate::rng::Rng;
@@ -39,6 +40,9 @@ pub struct GenerateArgs {
     /// Allow sampling `xxunk`, which is excluded by default as in fastai (`no_unk=True`).
     #[arg(long)]
     pub allow_unk: bool,
+
+    #[arg(long, default_value = "cpu", value_name = "DEVICE", help = DEVICE_HELP)]
+    pub device: DeviceSpec,
 }
 
 /// Runs `ulmfit generate`.
@@ -54,7 +58,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         vocab,
         tokenizer,
         config,
-    } = load_language_model(&args.model)?;
+    } = load_language_model(&args.model, args.device)?;
     if config.backwards {
         bail!(
             "{} is a backward model, which generates text from the end; generate needs a forward model",

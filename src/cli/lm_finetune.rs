@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::data::DataArgs;
 use super::precision::TrainPrecision;
-use super::training::{run_folder, select_device, settings_of_run, DeviceName};
+use super::training::{run_folder, select_device, settings_of_run, DeviceSpec, DEVICE_HELP};
 use crate::pipeline::finetune::{
     finetune, prepare_model, target_vocab, tokenize, write_tokens, FinetuneSchedule, StageRun,
     FINETUNE_DROPOUT_MULTIPLIER, FROZEN_LR, STAGE_CHECKPOINT_PREFIX, UNFROZEN_LR,
@@ -135,9 +135,8 @@ pub struct LmFinetuneArgs {
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
 
-    /// Device to train on. Only `cpu` is supported by this build.
-    #[arg(long, value_enum, default_value = "cpu", value_name = "DEVICE")]
-    pub device: DeviceName,
+    #[arg(long, default_value = "cpu", value_name = "DEVICE", help = DEVICE_HELP)]
+    pub device: DeviceSpec,
 
     /// Format of the matrix products of the LSTM layers and the decoder: f32, or bf16
     /// (inputs rounded to bfloat16, f32 sums, parameters kept in f32). bf16 needs a CPU

@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::corpus::{document_spinner, for_each_chunk};
 use super::data::DataArgs;
+use super::training::{select_device, DeviceSpec, DEVICE_HELP};
 use crate::pipeline::evaluate::evaluate_language_model;
 use crate::pipeline::model_folder::{self, LoadedModel, ModelKind};
 use crate::text::readers::{Document, LabelRequirement};
@@ -39,19 +40,24 @@ pub struct PerplexityArgs {
     #[arg(long)]
     pub json: bool,
 
+    #[arg(long, default_value = "cpu", value_name = "DEVICE", help = DEVICE_HELP)]
+    pub device: DeviceSpec,
+
     #[command(flatten)]
     pub data: DataArgs,
 }
 
-/// Loads a model folder that contains a language model (with its decoder).
-pub fn load_language_model(dir: &Path) -> anyhow::Result<LoadedModel> {
+/// Loads a model folder that contains a language model (with its decoder) onto the
+/// device named by `--device`.
+pub fn load_language_model(dir: &Path, device: DeviceSpec) -> anyhow::Result<LoadedModel> {
     if !dir.is_dir() {
         bail!(
             "model folder {} not found; create one with `ulmfit import-fastai`",
             dir.display()
         );
     }
-    let loaded = model_folder::load(dir, &candle_core::Device::Cpu)
+    let device = select_device(device)?;
+    let loaded = model_folder::load(dir, &device)
         .with_context(|| format!("failed to load model folder {}", dir.display()))?;
     if loaded.config.kind == ModelKind::Encoder {
         bail!(
@@ -69,7 +75,7 @@ pub fn run(args: PerplexityArgs, progress: bool) -> anyhow::Result<()> {
         vocab,
         tokenizer,
         config,
-    } = load_language_model(&args.model)?;
+    } = load_language_model(&args.model, args.device)?;
     let mut documents = read_documents(&args, &tokenizer, &vocab, progress)?;
     if config.backwards {
         // fastai's `backwards=True` reverses each document and keeps their order.

@@ -8,6 +8,7 @@ use clap::Args;
 
 use super::data::DataArgs;
 use super::precision::ScorePrecision;
+use super::training::{select_device, DeviceSpec, DEVICE_HELP};
 use crate::api::to_prediction;
 use crate::pipeline::predict::{LoadedClassifier, DEFAULT_PREDICT_BATCH};
 use crate::text::readers::{detect_format, read_all, Format, LabelRequirement};
@@ -51,6 +52,9 @@ pub struct PredictArgs {
     /// fails.
     #[arg(long, value_enum, default_value = "f32", value_name = "FORMAT")]
     pub precision: ScorePrecision,
+
+    #[arg(long, default_value = "cpu", value_name = "DEVICE", help = DEVICE_HELP)]
+    pub device: DeviceSpec,
 
     #[command(flatten)]
     pub data_options: DataArgs,
@@ -100,9 +104,10 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         args.model.clone()
     };
     let precision = args.precision.checked()?;
+    let device = select_device(args.device)?;
     let mut models: Vec<LoadedClassifier> = dirs
         .iter()
-        .map(|dir| LoadedClassifier::load(dir))
+        .map(|dir| LoadedClassifier::load_on(dir, &device))
         .collect::<anyhow::Result<_>>()?;
     for model in &mut models {
         model.set_precision(precision)?;

@@ -17,7 +17,7 @@ use super::corpus::{document_spinner, for_each_chunk};
 use super::data::DataArgs;
 use super::numericalize::{encode_documents, load_tokenizer};
 use super::precision::TrainPrecision;
-use super::training::{select_device, DeviceName};
+use super::training::{select_device, DeviceSpec, DEVICE_HELP};
 use super::vocab::count_tokens;
 use crate::model::{AwdLstmConfig, DEFAULT_AR_ALPHA, DEFAULT_TAR_BETA};
 use crate::pipeline::model_folder::{self, ModelFolderConfig, ModelKind};
@@ -93,9 +93,8 @@ pub struct LmArgs {
     #[arg(long, value_name = "S")]
     pub seed: Option<u64>,
 
-    /// Device to train on. Only `cpu` is supported by this build.
-    #[arg(long, value_enum, default_value = "cpu", value_name = "DEVICE")]
-    pub device: DeviceName,
+    #[arg(long, default_value = "cpu", value_name = "DEVICE", help = DEVICE_HELP)]
+    pub device: DeviceSpec,
 
     #[command(flatten)]
     pub data: DataArgs,

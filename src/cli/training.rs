@@ -1,35 +1,112 @@
-//! Options shared by the training commands: the device, and the run settings saved in
+//! Options shared by the training and inference commands: the device, and the run settings saved in
 //! the output folder so that `--resume` continues with the same ones.
 
+use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use anyhow::{bail, Context};
 use candle_core::Device;
-use clap::ValueEnum;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::train::TrainError;
 
-/// Devices accepted by `--device`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DeviceName {
+/// Help text of every command's `--device` option.
+pub const DEVICE_HELP: &str = "Device to run on: `cpu`, `cuda` (the first GPU) or `cuda:N` (GPU number N, counted from 0). CUDA needs a build with `--features cuda`";
+
+/// A device named by `--device`: `cpu`, `cuda` (GPU 0) or `cuda:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceSpec {
     /// The CPU.
+    #[default]
     Cpu,
-    /// The first CUDA GPU.
-    Cuda,
+    /// The CUDA GPU with this ordinal (0 for the first).
+    Cuda(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = String;
+
+    /// Parses `cpu`, `cuda` or `cuda:N` (ASCII case ignored, surrounding spaces trimmed).
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let name = text.trim().to_ascii_lowercase();
+        if name == "cpu" {
+            return Ok(Self::Cpu);
+        }
+        if name == "cuda" {
+            return Ok(Self::Cuda(0));
+        }
+        let Some(ordinal) = name.strip_prefix("cuda:") else {
+            return Err(format!(
+                "invalid device `{text}`: expected cpu, cuda or cuda:N (N is the GPU number, from 0)"
+            ));
+        };
+        match ordinal.parse::<usize>() {
+            Ok(ordinal) => Ok(Self::Cuda(ordinal)),
+            Err(_) => Err(format!(
+                "invalid device `{text}`: the GPU number `{ordinal}` is not a non-negative integer; use cuda:0 for the first GPU"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cpu => write!(f, "cpu"),
+            Self::Cuda(ordinal) => write!(f, "cuda:{ordinal}"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// Opens the device. A CUDA device fails in a build without the `cuda` feature, when
+    /// the driver cannot be loaded, or when the ordinal is beyond the GPUs present.
+    pub fn open(self) -> anyhow::Result<Device> {
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Cuda(ordinal) => open_cuda(ordinal),
+        }
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open_cuda(ordinal: usize) -> anyhow::Result<Device> {
+    bail!(
+        "--device cuda:{ordinal} needs CUDA support, which this build of ulmfit lacks; rebuild it with `cargo build --release --features cuda` (see the README's CUDA section) or use --device cpu"
+    )
+}
+
+#[cfg(feature = "cuda")]
+fn open_cuda(ordinal: usize) -> anyhow::Result<Device> {
+    use candle_core::cuda_backend::cudarc::driver::CudaContext;
+
+    let count = CudaContext::device_count().map_err(|error| {
+        anyhow::anyhow!(
+            "--device cuda:{ordinal}: failed to query the CUDA driver for GPUs ({error}); check that `nvidia-smi` lists a GPU, or use --device cpu"
+        )
+    })?;
+    let count = usize::try_from(count).unwrap_or(0);
+    if count == 0 {
+        bail!("--device cuda:{ordinal}: the CUDA driver reports no GPU on this machine; use --device cpu");
+    }
+    if ordinal >= count {
+        bail!(
+            "--device cuda:{ordinal}: this machine has {count} CUDA GPU(s), numbered from 0; choose cuda:0 to cuda:{} or use --device cpu",
+            count.saturating_sub(1)
+        );
+    }
+    Device::new_cuda(ordinal).with_context(|| format!("failed to open CUDA GPU {ordinal}"))
 }
 
 /// Returns the device named by `--device`.
-pub fn select_device(name: DeviceName) -> anyhow::Result<Device> {
-    match name {
-        DeviceName::Cpu => Ok(Device::Cpu),
-        // NOTE: the fused LSTM kernel has a CPU implementation only, so even a Candle
-        // built with CUDA could not train this model on a GPU yet.
-        DeviceName::Cuda => bail!(
-            "--device cuda is not supported: this build of ulmfit has no CUDA support and its LSTM kernel runs on the CPU only; use --device cpu"
-        ),
+pub fn select_device(spec: DeviceSpec) -> anyhow::Result<Device> {
+    let device = spec.open()?;
+    if !device.is_cpu() {
+        tracing::info!("running on {spec}");
     }
+    Ok(device)
 }
 
 /// Returns the run folder from `--out` and `--resume`, failing when they name different
@@ -115,4 +192,63 @@ pub fn settings_of_run<S: Serialize + DeserializeOwned>(
         }
     }
     serde_json::from_value(saved).with_context(|| format!("invalid {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_spec_parses_names() {
+        assert_eq!("cpu".parse::<DeviceSpec>(), Ok(DeviceSpec::Cpu));
+        assert_eq!("cuda".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(0)));
+        assert_eq!("cuda:0".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(0)));
+        assert_eq!("CUDA:3".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(3)));
+        assert_eq!(" cpu ".parse::<DeviceSpec>(), Ok(DeviceSpec::Cpu));
+    }
+
+    #[test]
+    fn device_spec_rejects_bad_ordinals() {
+        for text in ["cuda:x", "cuda:-1", "cuda:", "cuda:1.5"] {
+            let error = text.parse::<DeviceSpec>().unwrap_err();
+            assert!(
+                error.contains("is not a non-negative integer"),
+                "{text}: {error}"
+            );
+            assert!(error.contains(text), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn device_spec_rejects_unknown_names() {
+        for text in ["gpu", "", "cuda0", "metal"] {
+            let error = text.parse::<DeviceSpec>().unwrap_err();
+            assert!(
+                error.contains("expected cpu, cuda or cuda:N"),
+                "{text}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn device_spec_display_round_trips() {
+        for spec in [DeviceSpec::Cpu, DeviceSpec::Cuda(0), DeviceSpec::Cuda(7)] {
+            assert_eq!(spec.to_string().parse::<DeviceSpec>(), Ok(spec));
+        }
+        assert_eq!(DeviceSpec::Cuda(2).to_string(), "cuda:2");
+    }
+
+    #[test]
+    fn device_spec_defaults_to_cpu() {
+        assert_eq!(DeviceSpec::default(), DeviceSpec::Cpu);
+        assert!(matches!(DeviceSpec::Cpu.open(), Ok(Device::Cpu)));
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_feature_says_rebuild() {
+        let error = DeviceSpec::Cuda(1).open().unwrap_err().to_string();
+        assert!(error.contains("--device cuda:1"), "{error}");
+        assert!(error.contains("--features cuda"), "{error}");
+    }
 }

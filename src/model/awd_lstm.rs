@@ -6,7 +6,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::config::AwdLstmConfig;
-use super::dropout::{apply_mask, dropout_mask, embed, embedding_row_mask, locked_dropout_mask};
+use super::dropout::{apply_mask, embed, embedding_row_mask, locked_dropout_mask, WeightMask};
 use super::lstm::LstmLayer;
 use super::{ModelError, Result};
 use crate::kernels::precision::{bf16_matmul, linear_packed, PackedWeight, Precision};
@@ -341,7 +341,8 @@ impl LanguageModel {
 
     /// Sets whether [`Self::forward_loss`] computes the cross-entropy with the fused
     /// decoder kernel ([`crate::kernels::decoder`], the default), which never holds all
-    /// logits at once, or from full logits with stock operations (the reference).
+    /// logits at once, or from full logits with stock operations (the reference). A
+    /// model on a GPU always takes the full logits, because the fused kernel is CPU-only.
     pub fn set_fused_loss(&mut self, fused: bool) {
         self.fused_loss = fused;
     }
@@ -488,7 +489,8 @@ impl LanguageModel {
         ar_alpha: f64,
         tar_beta: f64,
     ) -> Result<LmLoss> {
-        if !self.fused_loss {
+        // The fused decoder loss runs on the CPU only: other devices take the full logits.
+        if !self.fused_loss || !self.encoder.device().is_cpu() {
             return self
                 .forward(input, train, rng)?
                 .loss(targets, ar_alpha, tar_beta);
@@ -548,7 +550,13 @@ impl LanguageModel {
         for (index, (layer, (h0, c0))) in self.layers.iter().zip(&hidden).enumerate() {
             let weight_mask = if train && dropout.weight > 0.0 {
                 let shape = layer.weight_hh.dims().to_vec();
-                Some(dropout_mask(rng, &shape, dropout.weight, dtype, &device)?)
+                Some(WeightMask::draw(
+                    rng,
+                    &shape,
+                    dropout.weight,
+                    dtype,
+                    &device,
+                )?)
             } else {
                 None
             };

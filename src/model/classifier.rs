@@ -14,7 +14,10 @@ use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::config::AwdLstmConfig;
-use super::dropout::{apply_mask, dropout_mask, embed, embedding_row_mask, locked_dropout_mask};
+use super::dropout::{
+    apply_mask, dropout_mask, embed, embedding_row_mask, locked_dropout_mask, uses_cuda_kernels,
+    WeightMask,
+};
 use super::lstm::{LstmLayer, PackedLayer};
 use super::{LanguageModel, ModelError, Result};
 use crate::kernels::precision::Precision;
@@ -553,21 +556,31 @@ impl Classifier {
             start += bptt;
         }
 
-        let mut pooled_sorted = Vec::with_capacity(documents.len());
-        for slices in &kept {
-            let outputs = Tensor::cat(slices, 0)?;
-            let n = outputs.dims()[0];
-            let last = outputs.get(n - 1)?;
-            let max = outputs.max(0)?;
-            let mean = outputs.mean(0)?;
-            pooled_sorted.push(Tensor::cat(&[&last, &max, &mean], 0)?);
-        }
-        let mut pooled = vec![None; documents.len()];
-        for (sorted_row, tensor) in pooled_sorted.into_iter().enumerate() {
-            pooled[order[sorted_row]] = Some(tensor);
-        }
-        let pooled: Vec<Tensor> = pooled.into_iter().flatten().collect();
-        let stacked = Tensor::stack(&pooled, 0)?;
+        let stacked = if uses_cuda_kernels(self.embedding.as_tensor()) {
+            // The pooling kernel: sorted rows, then back to input order.
+            let mut inverse = vec![0u32; order.len()];
+            for (sorted_row, &document) in order.iter().enumerate() {
+                inverse[document] = sorted_row as u32;
+            }
+            let inverse = Tensor::from_vec(inverse, documents.len(), &device)?;
+            concat_pool_padded(&kept)?.index_select(&inverse, 0)?
+        } else {
+            let mut pooled_sorted = Vec::with_capacity(documents.len());
+            for slices in &kept {
+                let outputs = Tensor::cat(slices, 0)?;
+                let n = outputs.dims()[0];
+                let last = outputs.get(n - 1)?;
+                let max = outputs.max(0)?;
+                let mean = outputs.mean(0)?;
+                pooled_sorted.push(Tensor::cat(&[&last, &max, &mean], 0)?);
+            }
+            let mut pooled = vec![None; documents.len()];
+            for (sorted_row, tensor) in pooled_sorted.into_iter().enumerate() {
+                pooled[order[sorted_row]] = Some(tensor);
+            }
+            let pooled: Vec<Tensor> = pooled.into_iter().flatten().collect();
+            Tensor::stack(&pooled, 0)?
+        };
         debug_assert_eq!(stacked.dims(), [documents.len(), 3 * embedding_size]);
         Ok(stacked)
     }
@@ -625,7 +638,13 @@ impl Classifier {
         for (index, (layer, (h0, c0))) in self.layers.iter().zip(previous).enumerate() {
             let weight_mask = if train && dropout.weight > 0.0 {
                 let shape = layer.weight_hh.dims().to_vec();
-                Some(dropout_mask(rng, &shape, dropout.weight, dtype, &device)?)
+                Some(WeightMask::draw(
+                    rng,
+                    &shape,
+                    dropout.weight,
+                    dtype,
+                    &device,
+                )?)
             } else {
                 None
             };
@@ -724,6 +743,27 @@ impl Classifier {
         }
         Ok(x)
     }
+}
+
+/// Returns the masked concat pooling `[rows, 3 * features]` ([last, max, mean]) of each
+/// row's kept output slices (`[n, features]` each, `n > 0`). The rows are padded to one
+/// `[rows, time, features]` tensor for the pooling operation of
+/// [`crate::kernels::cuda::ops`], which runs the kernel on a GPU and its twin on the CPU.
+pub(crate) fn concat_pool_padded(kept: &[Vec<Tensor>]) -> Result<Tensor> {
+    let mut rows = Vec::with_capacity(kept.len());
+    for slices in kept {
+        rows.push(Tensor::cat(slices, 0)?);
+    }
+    let longest = rows.iter().map(|row| row.dims()[0]).max().unwrap_or(0);
+    let mut lengths = Vec::with_capacity(rows.len());
+    let mut padded = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let length = row.dims()[0];
+        lengths.push(length as u32);
+        padded.push(row.pad_with_zeros(0, 0, longest - length)?);
+    }
+    let outputs = Tensor::stack(&padded, 0)?;
+    Ok(crate::kernels::cuda::ops::concat_pool(&outputs, &lengths)?)
 }
 
 /// Runs one head block in eval mode (BatchNorm with the running statistics, then the

@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 
-use crate::kernels::lstm::{lstm_sequence_with, LstmSequenceOutput};
+use super::dropout::{uses_cuda_kernels, WeightMask};
+use crate::kernels::cuda::ops::lstm_sequence_stepwise;
+use crate::kernels::lstm::{lstm_sequence_autograd, lstm_sequence_with, LstmSequenceOutput};
 use crate::kernels::precision::{bf16_matmul, linear_packed, PackedWeight, Precision};
 use crate::rng::Rng;
 
@@ -99,21 +101,26 @@ impl LstmLayer {
 
     /// Runs the layer over a time-major `input` `[time, batch, input]` from the state
     /// `h0`, `c0` (`[batch, hidden]`). With `weight_mask` (`[4 hidden, hidden]`), the
-    /// recurrence uses `weight_hh * weight_mask`, so the gradient reaches the raw weight.
-    /// With `track_gradients` false, the parameters enter detached and the fused kernel
-    /// keeps nothing for a backward pass.
+    /// recurrence uses the masked `weight_hh`, so the gradient reaches the raw weight.
+    /// With `track_gradients` false, the parameters enter detached and the kernels keep
+    /// nothing for a backward pass.
     ///
     /// `precision` sets the format of the input projection and the recurrent products
     /// (see [`Precision`]; int8 needs `track_gradients` false). `packed`, from
     /// [`Self::pack`] on the current weights, replaces the per-call packing in inference
     /// and then must come without `weight_mask` and with `track_gradients` false.
+    ///
+    /// On the CPU the recurrence is the fused whole-sequence operation
+    /// ([`lstm_sequence_with`]). On a CUDA device it runs one cuBLAS product and one cell
+    /// kernel per step ([`lstm_sequence_stepwise`]) in f32, and stock Candle operations
+    /// in other dtypes.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         input: &Tensor,
         h0: &Tensor,
         c0: &Tensor,
-        weight_mask: Option<&Tensor>,
+        weight_mask: Option<&WeightMask>,
         track_gradients: bool,
         precision: Precision,
         packed: Option<&PackedLayer>,
@@ -157,10 +164,16 @@ impl LstmLayer {
             .broadcast_add(&bias)?
             .reshape((time, batch, gate_width))?;
         let weight_hh = match weight_mask {
-            Some(mask) => param(&self.weight_hh).mul(mask)?,
+            Some(mask) => mask.apply(&param(&self.weight_hh))?,
             None => param(&self.weight_hh),
         };
-        let packed_hh = packed.map(|packed| packed.weight_hh.clone());
-        lstm_sequence_with(&projected, &weight_hh, h0, c0, precision, packed_hh)
+        if projected.device().is_cpu() {
+            let packed_hh = packed.map(|packed| packed.weight_hh.clone());
+            lstm_sequence_with(&projected, &weight_hh, h0, c0, precision, packed_hh)
+        } else if uses_cuda_kernels(&projected) {
+            lstm_sequence_stepwise(&projected, &weight_hh, h0, c0)
+        } else {
+            lstm_sequence_autograd(&projected, &weight_hh, h0, c0)
+        }
     }
 }

@@ -111,6 +111,8 @@ pub struct LmBenchOptions {
     pub seed: u64,
     /// Format of the matrix products of the LSTM layers and the decoder.
     pub precision: Precision,
+    /// Device the model runs on.
+    pub device: Device,
 }
 
 impl LmBenchOptions {
@@ -127,6 +129,7 @@ impl LmBenchOptions {
             fused_loss: true,
             seed: 0,
             precision: Precision::F32,
+            device: Device::Cpu,
         }
     }
 }
@@ -221,7 +224,7 @@ pub fn run_lm_bench(options: &LmBenchOptions) -> Result<LmBenchReport, BenchErro
             "--batches must be at least 1".to_string(),
         ));
     }
-    let device = Device::Cpu;
+    let device = options.device.clone();
     let (config, batch, bptt) = options.preset.sizes();
     let mut rng = Rng::seed(options.seed);
     let mut model = LanguageModel::new(config.clone(), &mut rng, &device)?;
@@ -283,14 +286,18 @@ pub fn run_lm_bench(options: &LmBenchOptions) -> Result<LmBenchReport, BenchErro
             let (input, targets) = next_batch(&mut rng)?;
             let start = Instant::now();
             let loss = model.forward_loss(&input, &targets, true, &mut rng, alpha, beta)?;
+            // A GPU runs asynchronously: wait for it before each reading of the clock.
+            device.synchronize()?;
             let forward_end = Instant::now();
             let store = loss.total.backward()?;
             drop(loss);
             let grads = optimizer.collect_grads(&store);
             drop(store);
+            device.synchronize()?;
             let backward_end = Instant::now();
             optimizer.step(&grads, &lrs, 0.9)?;
             drop(grads);
+            device.synchronize()?;
             let end = Instant::now();
             if index >= options.warmup {
                 times.push((end - start).as_secs_f64());
@@ -312,6 +319,7 @@ pub fn run_lm_bench(options: &LmBenchOptions) -> Result<LmBenchReport, BenchErro
             let (input, _) = next_batch(&mut rng)?;
             let start = Instant::now();
             let output = model.forward(&input, false, &mut rng)?;
+            device.synchronize()?;
             drop(output);
             if index >= options.warmup {
                 times.push(start.elapsed().as_secs_f64());

@@ -143,6 +143,11 @@ pub fn load_vocab_and_tokenizer(dir: &Path) -> anyhow::Result<(Vocab, Tokenizer)
 impl LoadedClassifier {
     /// Loads the classifier folder `dir` onto the CPU.
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        Self::load_on(dir, &Device::Cpu)
+    }
+
+    /// Loads the classifier folder `dir` onto `device`.
+    pub fn load_on(dir: &Path, device: &Device) -> anyhow::Result<Self> {
         let config_path = dir.join(CONFIG_FILE);
         let text = fs::read_to_string(&config_path).with_context(|| {
             format!(
@@ -177,7 +182,7 @@ impl LoadedClassifier {
                 config.model.encoder.vocab_size
             );
         }
-        let model = Classifier::load(config.model.clone(), dir.join(WEIGHTS_FILE), &Device::Cpu)
+        let model = Classifier::load(config.model.clone(), dir.join(WEIGHTS_FILE), device)
             .with_context(|| format!("failed to load the classifier in {}", dir.display()))?;
         Ok(Self {
             config,
