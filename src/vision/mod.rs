@@ -4,7 +4,10 @@
 //! [`mobilenet`] runs such a graph in f32 with Candle, and [`image_data`] decodes and
 //! resizes images into the input tensors the models expect.
 
+pub mod augment;
+pub mod depthwise;
 mod flatbuffer;
+pub mod folder;
 pub mod image_data;
 pub mod mobilenet;
 pub mod tflite;
@@ -48,6 +51,10 @@ pub enum VisionError {
     /// An image has zero width or height.
     #[error("image {path} has no pixels")]
     EmptyImage { path: PathBuf },
+    /// An image folder has no usable layout, too few images in a class, or a class
+    /// seen only in validation.
+    #[error("{0}")]
+    Dataset(String),
     /// A Candle tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
