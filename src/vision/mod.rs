@@ -10,6 +10,7 @@ mod flatbuffer;
 pub mod folder;
 pub mod image_data;
 pub mod mobilenet;
+pub mod resnet;
 pub mod tflite;
 
 use std::path::PathBuf;
@@ -26,6 +27,9 @@ pub enum VisionError {
     /// The file is not a TensorFlow Lite model or its structure is corrupt.
     #[error("{path} is not a valid TensorFlow Lite model: {message}")]
     InvalidModel { path: PathBuf, message: String },
+    /// A PyTorch weights file is unreadable or lacks the expected keys.
+    #[error("invalid weights file {path}: {message}")]
+    InvalidWeights { path: PathBuf, message: String },
     /// The graph uses an operator that [`mobilenet::MobileNet`] cannot run.
     #[error(
         "unsupported TensorFlow Lite operator {name} (builtin code {code}) at operator {index}; \
