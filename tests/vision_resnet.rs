@@ -23,8 +23,16 @@ fn logits_match_torch() {
     let net = ResNet::load(&data("resnet-tiny.pth"), &Device::Cpu).unwrap();
     let reference = load_torch(&data("resnet-tiny-reference.pth")).unwrap();
     let input = reference.tensor("input").unwrap();
-    let expected = reference.tensor("logits").unwrap().to_vec2::<f32>().unwrap();
-    let logits = net.logits_normalized(input).unwrap().to_vec2::<f32>().unwrap();
+    let expected = reference
+        .tensor("logits")
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let logits = net
+        .logits_normalized(input)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
     assert_eq!(logits.len(), 2);
     for (row, (ours, theirs)) in logits.iter().zip(&expected).enumerate() {
         assert_eq!(ours.len(), 5);
@@ -41,14 +49,15 @@ fn logits_match_torch() {
 fn body_shape_and_groups() {
     let net = ResNet::load(&data("resnet-tiny.pth"), &Device::Cpu).unwrap();
     assert_eq!(net.body_channels().unwrap(), 64);
-    let images = candle_core::Tensor::zeros((1, 3, 64, 64), candle_core::DType::F32, &Device::Cpu)
-        .unwrap();
+    let images =
+        candle_core::Tensor::zeros((1, 3, 64, 64), candle_core::DType::F32, &Device::Cpu).unwrap();
     assert_eq!(net.body(&images).unwrap().dims(), &[1, 64, 2, 2]);
     let groups = net.body_groups();
     assert_eq!(groups.len(), 2);
     assert_eq!(groups[0][0].0, "conv1.weight");
-    assert!(groups[1].iter().all(|(name, _)| name.starts_with("layer3.")
-        || name.starts_with("layer4.")));
+    assert!(groups[1]
+        .iter()
+        .all(|(name, _)| name.starts_with("layer3.") || name.starts_with("layer4.")));
     // conv1, bn1 (2), layer1 2 blocks x 6, layer2 6 + downsample 3.
     assert_eq!(groups[0].len(), 3 + 12 + 9);
 }
@@ -61,6 +70,9 @@ fn missing_key_is_named() {
         Err(error) => error,
         Ok(_) => panic!("a state dict without ResNet keys loaded"),
     };
-    assert!(matches!(error, VisionError::InvalidWeights { .. }), "{error}");
+    assert!(
+        matches!(error, VisionError::InvalidWeights { .. }),
+        "{error}"
+    );
     assert!(error.to_string().contains("conv1.weight"), "{error}");
 }

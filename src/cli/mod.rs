@@ -15,6 +15,7 @@ mod predict;
 mod pretrain;
 mod tokenize;
 mod training;
+mod vision;
 mod vocab;
 
 use std::io::IsTerminal;
@@ -72,6 +73,9 @@ pub enum Command {
     Classify(classify::ClassifyArgs),
     /// Score texts with classifier folders and print labels and class probabilities.
     Predict(predict::PredictArgs),
+    /// Train, apply and evaluate image classifiers on pretrained MobileNets or ResNets.
+    #[command(subcommand)]
+    Vision(vision::VisionCommand),
     /// Measure throughput.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -134,6 +138,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::LmFinetune(args) => lm_finetune::run(args, progress),
         Command::Classify(args) => classify::run(args, progress),
         Command::Predict(args) => predict::run(args),
+        Command::Vision(command) => vision::run(command, progress),
         Command::Bench(command) => bench::run(command),
     }
 }

@@ -286,6 +286,50 @@ fn build_dataset(
     })
 }
 
+/// Lists and decodes the labelled images to evaluate in `dir`: its `val/` (or `valid/`)
+/// subfolder in the split layout, else every class subfolder except `test/`. Labels are
+/// indices into `classes`, and a class folder not in `classes` is an error naming it.
+/// Returns the items (decoded, downscaled to `cache_side` when given) and the files
+/// that failed to decode.
+pub fn evaluation_items(
+    dir: &Path,
+    classes: &[String],
+    cache_side: Option<u32>,
+) -> Result<(Vec<ImageItem>, Vec<(PathBuf, String)>)> {
+    if !dir.is_dir() {
+        return Err(VisionError::Dataset(format!(
+            "image folder {} does not exist or is not a folder",
+            dir.display()
+        )));
+    }
+    let mut files = match split_layout(dir) {
+        Some((_, valid)) => class_files(&valid)?,
+        None => class_files(dir)?,
+    };
+    files.retain(|(class, _)| class != "test");
+    if let Some((class, path)) = files.iter().find(|(class, _)| !classes.contains(class)) {
+        return Err(VisionError::Dataset(format!(
+            "class `{class}` ({}) is not one of the model's classes ({}); remove the folder or use a model trained on it",
+            path.parent().unwrap_or(path).display(),
+            classes.join(", ")
+        )));
+    }
+    let paths: Vec<PathBuf> = files.iter().map(|(_, p)| p.clone()).collect();
+    let mut items = Vec::new();
+    let mut skipped = Vec::new();
+    for ((class, path), image) in files.into_iter().zip(decode_all(&paths, cache_side)) {
+        match image {
+            Ok(image) => items.push(ImageItem {
+                label: classes.iter().position(|c| *c == class).unwrap_or(0) as u32,
+                path,
+                cached: Some(Arc::new(image)),
+            }),
+            Err(message) => skipped.push((path, message)),
+        }
+    }
+    Ok((items, skipped))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

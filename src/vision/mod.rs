@@ -10,8 +10,10 @@ mod flatbuffer;
 pub mod folder;
 pub mod image_data;
 pub mod mobilenet;
+pub mod model;
 pub mod resnet;
 pub mod tflite;
+pub mod train;
 
 use std::path::PathBuf;
 

@@ -100,15 +100,16 @@ struct Keys<'a> {
 
 impl Keys<'_> {
     fn tensor(&mut self, key: &str) -> Result<Tensor> {
-        let tensor = self.tensors.remove(key).ok_or_else(|| {
-            VisionError::InvalidWeights {
+        let tensor = self
+            .tensors
+            .remove(key)
+            .ok_or_else(|| VisionError::InvalidWeights {
                 path: self.path.to_path_buf(),
                 message: format!(
                     "the state dict has no `{key}`; expected torchvision ResNet keys \
                      (conv1.weight, bn1.weight, layer1.0.conv1.weight, ..., fc.weight)"
                 ),
-            }
-        })?;
+            })?;
         let tensor = tensor.to_device(self.device)?;
         self.named.push((key.to_string(), tensor.clone()));
         Ok(tensor)
@@ -131,7 +132,8 @@ impl Keys<'_> {
             mean: self.tensor(&format!("{prefix}.running_mean"))?,
             var: self.tensor(&format!("{prefix}.running_var"))?,
         };
-        self.tensors.remove(&format!("{prefix}.num_batches_tracked"));
+        self.tensors
+            .remove(&format!("{prefix}.num_batches_tracked"));
         Ok(bn)
     }
 
@@ -145,6 +147,38 @@ impl Keys<'_> {
             bn: self.bn(bn)?,
         })
     }
+}
+
+/// Max pool with a 3x3 window and stride 2 over `[n, c, h, w]` (no padding), built from
+/// differentiable ops because Candle's `max_pool2d` has no backward pass when the window
+/// and stride differ. Returns `[n, c, (h - 3) / 2 + 1, (w - 3) / 2 + 1]`.
+pub fn max_pool_3x3_stride_2(x: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    if h < 3 || w < 3 {
+        return Err(VisionError::InvalidGraph(format!(
+            "max pool input {h}x{w} is smaller than its 3x3 window"
+        )));
+    }
+    let (oh, ow) = ((h - 3) / 2 + 1, (w - 3) / 2 + 1);
+    // Pad to an even size 2 * (out + 1), then split each axis into (position, parity):
+    // window row i of output row y is source row 2y + i = position y + i / 2, parity i % 2.
+    let x = x
+        .pad_with_zeros(2, 0, 2 * (oh + 1) - h)?
+        .pad_with_zeros(3, 0, 2 * (ow + 1) - w)?
+        .reshape((n, c, oh + 1, 2, ow + 1, 2))?;
+    let mut out: Option<Tensor> = None;
+    for i in 0..3 {
+        let rows = x.narrow(2, i / 2, oh)?.narrow(3, i % 2, 1)?;
+        for j in 0..3 {
+            let window = rows.narrow(4, j / 2, ow)?.narrow(5, j % 2, 1)?;
+            out = Some(match out {
+                None => window,
+                Some(max) => max.maximum(&window)?,
+            });
+        }
+    }
+    let out = out.ok_or_else(|| VisionError::InvalidGraph("empty max pool".to_string()))?;
+    Ok(out.reshape((n, c, oh, ow))?)
 }
 
 impl ResNet {
@@ -177,8 +211,10 @@ impl ResNet {
             while keys.has(&format!("layer{layer}.{index}.conv1.weight")) {
                 let prefix = format!("layer{layer}.{index}");
                 let stride = if layer > 1 && index == 0 { 2 } else { 1 };
-                let first = keys.conv_bn(&format!("{prefix}.conv1"), &format!("{prefix}.bn1"), stride)?;
-                let second = keys.conv_bn(&format!("{prefix}.conv2"), &format!("{prefix}.bn2"), 1)?;
+                let first =
+                    keys.conv_bn(&format!("{prefix}.conv1"), &format!("{prefix}.bn1"), stride)?;
+                let second =
+                    keys.conv_bn(&format!("{prefix}.conv2"), &format!("{prefix}.bn2"), 1)?;
                 let downsample = if keys.has(&format!("{prefix}.downsample.0.weight")) {
                     Some(keys.conv_bn(
                         &format!("{prefix}.downsample.0"),
@@ -247,8 +283,7 @@ impl ResNet {
     pub fn body_normalized(&self, x: &Tensor) -> Result<Tensor> {
         let x = self.stem.forward(x)?.relu()?;
         // Zero padding acts as -inf padding here because the input follows a ReLU.
-        let x = x.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
-        let mut x = x.max_pool2d_with_stride((3, 3), (2, 2))?;
+        let mut x = max_pool_3x3_stride_2(&x.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?)?;
         for layer in &self.layers {
             for block in layer {
                 x = block.forward(&x)?;
@@ -276,9 +311,11 @@ impl ResNet {
 
     /// Channels of the body's feature map.
     pub fn body_channels(&self) -> Result<usize> {
-        let last = self.layers.last().and_then(|layer| layer.last()).ok_or_else(|| {
-            VisionError::InvalidGraph("the ResNet has no layers".to_string())
-        })?;
+        let last = self
+            .layers
+            .last()
+            .and_then(|layer| layer.last())
+            .ok_or_else(|| VisionError::InvalidGraph("the ResNet has no layers".to_string()))?;
         Ok(last.second.weight.dim(0)?)
     }
 
@@ -303,5 +340,32 @@ impl ResNet {
             .filter(|(name, _)| name.ends_with("running_mean") || name.ends_with("running_var"))
             .cloned()
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_pool_matches_candle_forward() {
+        for (h, w) in [(7, 9), (8, 8), (3, 4)] {
+            let values: Vec<f32> = (0..2 * h * w)
+                .map(|i| ((i * 29 % 31) as f32) - 15.0)
+                .collect();
+            let x = Tensor::from_vec(values, (1, 2, h, w), &Device::Cpu).unwrap();
+            let ours = max_pool_3x3_stride_2(&x).unwrap();
+            let reference = x.max_pool2d_with_stride((3, 3), (2, 2)).unwrap();
+            assert_eq!(ours.dims(), reference.dims(), "{h}x{w}");
+            let diff = (ours - reference)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(diff, 0.0, "{h}x{w}");
+        }
     }
 }
