@@ -26,6 +26,9 @@ pub const DEFAULT_VALID_FRACTION: f64 = 0.2;
 /// Names of the validation subfolder, in the order they are looked for.
 const VALID_NAMES: &[&str] = &["val", "valid"];
 
+/// A file left out because it failed to decode, with the decoder's message.
+pub type SkippedFile = (PathBuf, String);
+
 /// One labelled image.
 #[derive(Debug, Clone)]
 pub struct ImageItem {
@@ -169,8 +172,8 @@ pub fn decode_for_cache(path: &Path, side: Option<u32>) -> Result<RgbImage> {
     }
 }
 
-/// Decodes every file in parallel. Returns the decoded images (`None` for a file that
-/// failed) in input order.
+/// Decodes every file in parallel. Returns, in input order, each decoded image or the
+/// decoder's message for a file that failed.
 fn decode_all(files: &[PathBuf], side: Option<u32>) -> Vec<std::result::Result<RgbImage, String>> {
     files
         .par_iter()
@@ -295,7 +298,7 @@ pub fn evaluation_items(
     dir: &Path,
     classes: &[String],
     cache_side: Option<u32>,
-) -> Result<(Vec<ImageItem>, Vec<(PathBuf, String)>)> {
+) -> Result<(Vec<ImageItem>, Vec<SkippedFile>)> {
     if !dir.is_dir() {
         return Err(VisionError::Dataset(format!(
             "image folder {} does not exist or is not a folder",

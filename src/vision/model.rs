@@ -232,12 +232,12 @@ impl Head {
         let pooled = Tensor::cat(&[flat.max(2)?, flat.mean(2)?], 1)?;
         let mut x = self.bn1.forward(&pooled, train)?;
         let mut rng = rng;
-        if let Some(rng) = rng.as_deref_mut() {
+        if let Some(rng) = rng.as_mut() {
             x = dropout(&x, HEAD_DROPOUT_FIRST, rng)?;
         }
         x = x.matmul(&self.linear1.as_tensor().t()?)?.relu()?;
         x = self.bn2.forward(&x, train)?;
-        if let Some(rng) = rng.as_deref_mut() {
+        if let Some(rng) = rng {
             x = dropout(&x, HEAD_DROPOUT_LAST, rng)?;
         }
         Ok(x.matmul(&self.linear2.as_tensor().t()?)?)

@@ -464,6 +464,27 @@ pub fn checkpoint_dir(out: &Path) -> PathBuf {
     out.join("checkpoint")
 }
 
+/// Runs `stages` (from [`fine_tune_stages`]) on `task` one after another, keeping the
+/// optimizer state between them as fastai does. Checkpoints go to `checkpoint` when
+/// given. Returns every epoch's record.
+pub fn run_stages(
+    task: &mut ImageTask,
+    stages: Vec<TrainSettings>,
+    options: crate::train::RunOptions,
+) -> crate::train::Result<Vec<crate::train::EpochRecord>> {
+    let mut records = Vec::new();
+    let mut trainer: Option<crate::train::Trainer> = None;
+    for settings in stages {
+        let mut next = match trainer.take() {
+            None => crate::train::Trainer::new(task, settings, options.clone())?,
+            Some(previous) => previous.next_stage(task, settings, options.clone())?,
+        };
+        records.extend(next.fit(task)?);
+        trainer = Some(next);
+    }
+    Ok(records)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,25 +529,4 @@ mod tests {
         assert!((report.accuracy - 2.0 / 3.0).abs() < 1e-12);
         assert!((report.per_class["b"].precision - 0.5).abs() < 1e-12);
     }
-}
-
-/// Runs `stages` (from [`fine_tune_stages`]) on `task` one after another, keeping the
-/// optimizer state between them as fastai does. Checkpoints go to `checkpoint` when
-/// given. Returns every epoch's record.
-pub fn run_stages(
-    task: &mut ImageTask,
-    stages: Vec<TrainSettings>,
-    options: crate::train::RunOptions,
-) -> crate::train::Result<Vec<crate::train::EpochRecord>> {
-    let mut records = Vec::new();
-    let mut trainer: Option<crate::train::Trainer> = None;
-    for settings in stages {
-        let mut next = match trainer.take() {
-            None => crate::train::Trainer::new(task, settings, options.clone())?,
-            Some(previous) => previous.next_stage(task, settings, options.clone())?,
-        };
-        records.extend(next.fit(task)?);
-        trainer = Some(next);
-    }
-    Ok(records)
 }
