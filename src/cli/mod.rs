@@ -17,6 +17,7 @@ mod predict;
 mod pretrain;
 mod tokenize;
 mod training;
+mod vision;
 mod vocab;
 
 use std::io::IsTerminal;
@@ -76,6 +77,9 @@ pub enum Command {
     Predict(predict::PredictArgs),
     /// Copy a model folder with its weights stored as f16, bf16 or f32.
     Export(export::ExportArgs),
+    /// Train, apply and evaluate image classifiers on pretrained MobileNets or ResNets.
+    #[command(subcommand)]
+    Vision(vision::VisionCommand),
     /// Measure throughput.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -139,6 +143,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Classify(args) => classify::run(args, progress),
         Command::Predict(args) => predict::run(args),
         Command::Export(args) => export::run(args),
+        Command::Vision(command) => vision::run(command, progress),
         Command::Bench(command) => bench::run(command),
     }
 }

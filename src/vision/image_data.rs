@@ -3,14 +3,17 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use image::RgbImage;
+use image::{ImageDecoder, RgbImage};
 
 use super::{Result, VisionError};
 
-/// Decodes an image file (BMP, JPEG, PNG or GIF) as 8-bit RGB.
+/// Decodes an image file (BMP, JPEG, PNG, GIF or WebP, detected from its content) as
+/// 8-bit RGB. The EXIF orientation of a JPEG, PNG or WebP is applied, 16-bit channels
+/// are scaled to 8 bits, greyscale is replicated to three channels, CMYK JPEGs are
+/// converted by the decoder, and transparent pixels are composited over white.
 pub fn read_rgb(path: impl AsRef<Path>) -> Result<RgbImage> {
     let path = path.as_ref();
-    let image = image::open(path).map_err(|source| match source {
+    let image_error = |source: image::ImageError| match source {
         image::ImageError::IoError(source) => VisionError::Io {
             path: path.to_path_buf(),
             source,
@@ -19,8 +22,48 @@ pub fn read_rgb(path: impl AsRef<Path>) -> Result<RgbImage> {
             path: path.to_path_buf(),
             source,
         },
-    })?;
-    Ok(image.to_rgb8())
+    };
+    let reader = image::ImageReader::open(path)
+        .map_err(|source| VisionError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .with_guessed_format()
+        .map_err(|source| VisionError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let mut decoder = reader.into_decoder().map_err(image_error)?;
+    // A broken EXIF block should not make the pixels unusable.
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut image = image::DynamicImage::from_decoder(decoder).map_err(image_error)?;
+    image.apply_orientation(orientation);
+    if image.width() == 0 || image.height() == 0 {
+        return Err(VisionError::EmptyImage {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(flatten_alpha(&image))
+}
+
+/// Converts to 8-bit RGB, compositing any alpha channel over a white background.
+/// `to_rgba8` scales 16-bit and float channels to 8 bits (65535 becomes 255).
+pub fn flatten_alpha(image: &image::DynamicImage) -> RgbImage {
+    if !image.color().has_alpha() {
+        return image.to_rgb8();
+    }
+    let rgba = image.to_rgba8();
+    let mut out = RgbImage::new(rgba.width(), rgba.height());
+    for (source, target) in rgba.pixels().zip(out.pixels_mut()) {
+        let alpha = u32::from(source[3]);
+        for c in 0..3 {
+            let value = u32::from(source[c]) * alpha + 255 * (255 - alpha);
+            target[c] = ((value + 127) / 255) as u8;
+        }
+    }
+    out
 }
 
 /// Resizes with TensorFlow's `ResizeBilinear` (`align_corners = false`,

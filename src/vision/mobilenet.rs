@@ -5,17 +5,18 @@
 //! in]` to `[out, in, kh, kw]` and depthwise weights from `[1, kh, kw, channels]` to
 //! `[channels, 1, kh, kw]`.
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor, Var, D};
 
+use super::depthwise::depthwise_conv2d;
 use super::tflite::{Activation, Model, OperatorKind, Padding, TensorInfo, TensorType, Window};
 use super::{Result, VisionError};
 
-/// A convolution with dequantized weights.
+/// A convolution with dequantized weights, held in variables so they can be trained.
 struct Conv {
     /// `[out, in / groups, kh, kw]`.
-    weight: Tensor,
+    weight: Var,
     /// `[1, out, 1, 1]`.
-    bias: Option<Tensor>,
+    bias: Option<Var>,
     window: Window,
     kernel: (usize, usize),
     groups: usize,
@@ -56,6 +57,8 @@ pub struct MobileNet {
     input_zero_point: f32,
     input_scale: f32,
     clamp_to_quantized_range: bool,
+    /// Channel count (last NHWC dimension) of each graph tensor with 4 dimensions.
+    channels: Vec<Option<usize>>,
 }
 
 impl MobileNet {
@@ -123,6 +126,14 @@ impl MobileNet {
             input_zero_point,
             input_scale,
             clamp_to_quantized_range: true,
+            channels: model
+                .tensors
+                .iter()
+                .map(|t| match t.shape[..] {
+                    [_, _, _, c] => Some(c),
+                    _ => None,
+                })
+                .collect(),
         })
     }
 
@@ -176,6 +187,64 @@ impl MobileNet {
         flatten_nhwc(&self.run(images, pool)?)
     }
 
+    /// Returns the index of the step whose output feeds the last AVERAGE_POOL_2D: the
+    /// end of the convolutional body.
+    fn body_end(&self) -> Result<usize> {
+        let pool = self
+            .steps
+            .iter()
+            .rposition(|step| matches!(step.kind, StepKind::AveragePool { .. }))
+            .ok_or_else(|| {
+                VisionError::Unsupported(
+                    "the graph has no AVERAGE_POOL_2D, so its convolutional body is unknown"
+                        .to_string(),
+                )
+            })?;
+        let pool_input = self.steps[pool].inputs[0];
+        self.steps[..pool]
+            .iter()
+            .rposition(|step| step.output == pool_input)
+            .ok_or_else(|| {
+                VisionError::InvalidGraph("the global pool reads the graph input".to_string())
+            })
+    }
+
+    /// Runs the convolutional body (every step before the last AVERAGE_POOL_2D) and
+    /// returns its feature map `[batch, channels, h, w]`. `images`: `[batch, 3, height,
+    /// width]` f32 pixel values in 0..=255, of any height and width (the graph's own
+    /// size gives `h = w = 7` for a 224-pixel MobileNet).
+    pub fn body(&self, images: &Tensor) -> Result<Tensor> {
+        let end = self.body_end()?;
+        self.run_unchecked(images, end)
+    }
+
+    /// Returns the channels of the body's feature map.
+    pub fn body_channels(&self) -> Result<usize> {
+        let end = self.body_end()?;
+        let output = self.steps[end].output;
+        self.channels
+            .get(output)
+            .copied()
+            .flatten()
+            .ok_or_else(|| VisionError::InvalidGraph("body output has no shape".to_string()))
+    }
+
+    /// Returns the body's trainable variables from input to output, as
+    /// `(name, variable)` with names `conv{step}.weight` and `conv{step}.bias`.
+    pub fn body_vars(&self) -> Result<Vec<(String, Var)>> {
+        let end = self.body_end()?;
+        let mut vars = Vec::new();
+        for (index, step) in self.steps[..=end].iter().enumerate() {
+            if let StepKind::Conv(conv) = &step.kind {
+                vars.push((format!("conv{index}.weight"), conv.weight.clone()));
+                if let Some(bias) = &conv.bias {
+                    vars.push((format!("conv{index}.bias"), bias.clone()));
+                }
+            }
+        }
+        Ok(vars)
+    }
+
     /// Runs steps `0..=last` and returns the output of step `last` (NCHW when 4-D).
     fn run(&self, images: &Tensor, last: usize) -> Result<Tensor> {
         let (height, width) = self.input_size;
@@ -184,6 +253,19 @@ impl MobileNet {
             dims => {
                 return Err(VisionError::InvalidGraph(format!(
                     "images have shape {dims:?}, expected [batch, 3, {height}, {width}]"
+                )))
+            }
+        }
+        self.run_unchecked(images, last)
+    }
+
+    /// Runs steps `0..=last` on images of any size.
+    fn run_unchecked(&self, images: &Tensor, last: usize) -> Result<Tensor> {
+        match images.dims() {
+            [_, 3, _, _] => {}
+            dims => {
+                return Err(VisionError::InvalidGraph(format!(
+                    "images have shape {dims:?}, expected [batch, 3, height, width]"
                 )))
             }
         }
@@ -352,7 +434,7 @@ fn build_conv(
             info.name, info.shape
         )));
     };
-    let values = Tensor::from_vec(model.dequantize(weights)?, (d0, kh, kw, d3), device)?;
+    let values = Tensor::from_vec(model.dequantize(weights)?, (d0, kh, kw, d3), &Device::Cpu)?;
     let (weight, groups, out_channels) = if depthwise {
         // [1, kh, kw, channels * multiplier] -> [channels * multiplier, 1, kh, kw]
         let input_channels = *model.tensor(input)?.shape.get(3).ok_or_else(|| {
@@ -361,15 +443,12 @@ fn build_conv(
                 info.name
             ))
         })?;
-        (
-            values.permute((3, 0, 1, 2))?.contiguous()?,
-            input_channels,
-            d3,
-        )
+        (values.permute((3, 0, 1, 2))?, input_channels, d3)
     } else {
         // [out, kh, kw, in] -> [out, in, kh, kw]
-        (values.permute((0, 3, 1, 2))?.contiguous()?, 1, d0)
+        (values.permute((0, 3, 1, 2))?, 1, d0)
     };
+    let weight = Var::from_tensor(&weight.to_device(device)?.contiguous()?)?;
     let bias = match bias {
         Some(bias) => {
             let values = model.dequantize_bias(bias, input, weights)?;
@@ -380,7 +459,7 @@ fn build_conv(
                     values.len()
                 )));
             }
-            Some(Tensor::from_vec(values, (1, out_channels, 1, 1), device)?)
+            Some(Var::from_vec(values, (1, out_channels, 1, 1), device)?)
         }
         None => None,
     };
@@ -440,15 +519,24 @@ fn run_conv(conv: &Conv, x: &Tensor) -> Result<Tensor> {
     let padded = x
         .pad_with_zeros(2, top, bottom)?
         .pad_with_zeros(3, left, right)?;
-    let out = padded.conv2d(
-        &conv.weight,
-        0,
-        window.stride_h,
-        window.dilation_h,
-        conv.groups,
-    )?;
+    let channels = x.dim(1)?;
+    let depthwise = conv.groups > 1
+        && conv.groups == channels
+        && conv.weight.dim(0)? == channels
+        && window.dilation_h == 1;
+    let out = if depthwise {
+        depthwise_conv2d(&padded, &conv.weight, window.stride_h)?
+    } else {
+        padded.conv2d(
+            &conv.weight,
+            0,
+            window.stride_h,
+            window.dilation_h,
+            conv.groups,
+        )?
+    };
     match &conv.bias {
-        Some(bias) => Ok(out.broadcast_add(bias)?),
+        Some(bias) => Ok(out.broadcast_add(bias.as_tensor())?),
         None => Ok(out),
     }
 }

@@ -4,10 +4,16 @@
 //! [`mobilenet`] runs such a graph in f32 with Candle, and [`image_data`] decodes and
 //! resizes images into the input tensors the models expect.
 
+pub mod augment;
+pub mod depthwise;
 mod flatbuffer;
+pub mod folder;
 pub mod image_data;
 pub mod mobilenet;
+pub mod model;
+pub mod resnet;
 pub mod tflite;
+pub mod train;
 
 use std::path::PathBuf;
 
@@ -23,6 +29,9 @@ pub enum VisionError {
     /// The file is not a TensorFlow Lite model or its structure is corrupt.
     #[error("{path} is not a valid TensorFlow Lite model: {message}")]
     InvalidModel { path: PathBuf, message: String },
+    /// A PyTorch weights file is unreadable or lacks the expected keys.
+    #[error("invalid weights file {path}: {message}")]
+    InvalidWeights { path: PathBuf, message: String },
     /// The graph uses an operator that [`mobilenet::MobileNet`] cannot run.
     #[error(
         "unsupported TensorFlow Lite operator {name} (builtin code {code}) at operator {index}; \
@@ -48,6 +57,10 @@ pub enum VisionError {
     /// An image has zero width or height.
     #[error("image {path} has no pixels")]
     EmptyImage { path: PathBuf },
+    /// An image folder has no usable layout, too few images in a class, or a class
+    /// seen only in validation.
+    #[error("{0}")]
+    Dataset(String),
     /// A Candle tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
