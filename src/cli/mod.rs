@@ -5,6 +5,7 @@ mod bench;
 mod classify;
 mod corpus;
 mod data;
+mod evaluate;
 mod export;
 mod generate;
 mod import;
@@ -75,6 +76,9 @@ pub enum Command {
     Classify(classify::ClassifyArgs),
     /// Score texts with classifier folders and print labels and class probabilities.
     Predict(predict::PredictArgs),
+    /// Score labelled data with classifier folders: accuracy, per-class precision,
+    /// recall and F1, and the confusion matrix, optionally beside a TF-IDF baseline.
+    Evaluate(evaluate::EvaluateArgs),
     /// Copy a model folder with its weights stored as f16, bf16 or f32.
     Export(export::ExportArgs),
     /// Train, apply and evaluate image classifiers on pretrained MobileNets or ResNets.
@@ -142,6 +146,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::LmFinetune(args) => lm_finetune::run(args, progress),
         Command::Classify(args) => classify::run(args, progress),
         Command::Predict(args) => predict::run(args),
+        Command::Evaluate(args) => evaluate::run(args),
         Command::Export(args) => export::run(args),
         Command::Vision(command) => vision::run(command, progress),
         Command::Bench(command) => bench::run(command),

@@ -61,7 +61,7 @@ pub struct PredictArgs {
 }
 
 /// Returns the default classifier folder, `checkpoints/imdb-sentiment` in the crate.
-fn default_model() -> PathBuf {
+pub(super) fn default_model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("checkpoints/imdb-sentiment")
 }
 

@@ -149,6 +149,9 @@ pub struct ClassifierOutput {
     pub logits: Tensor,
     /// Pooled encoder features `[batch, 3 * embedding]` ([last, max, mean]), in input order.
     pub pooled: Tensor,
+    /// The last LSTM layer's outputs `[positions, embedding]` of each document at the
+    /// positions it pools (no padding), in input order. Training adds AR and TAR on them.
+    pub outputs: Vec<Tensor>,
 }
 
 impl Classifier {
@@ -387,9 +390,13 @@ impl Classifier {
     /// in input order.
     pub fn predict(&self, documents: &[&[u32]]) -> Result<ClassifierOutput> {
         let mut unused = Rng::seed(0);
-        let pooled = self.pool(documents, false, &[], &mut unused)?;
+        let (pooled, outputs) = self.pool_with_outputs(documents, false, &[], &mut unused)?;
         let logits = self.head_forward_eval(&pooled)?;
-        Ok(ClassifierOutput { logits, pooled })
+        Ok(ClassifierOutput {
+            logits,
+            pooled,
+            outputs,
+        })
     }
 
     /// Runs a training forward pass over `documents`: dropout from `rng`, BatchNorm with
@@ -402,10 +409,14 @@ impl Classifier {
         frozen: &[bool],
         rng: &mut Rng,
     ) -> Result<ClassifierOutput> {
-        let pooled = self.pool(documents, true, frozen, rng)?;
+        let (pooled, outputs) = self.pool_with_outputs(documents, true, frozen, rng)?;
         let head_frozen = frozen.last().copied().unwrap_or(false);
         let logits = self.head_forward_train(&pooled, head_frozen, rng)?;
-        Ok(ClassifierOutput { logits, pooled })
+        Ok(ClassifierOutput {
+            logits,
+            pooled,
+            outputs,
+        })
     }
 
     /// Sets the running statistics of every head BatchNorm to the exact mean and unbiased
@@ -491,6 +502,18 @@ impl Classifier {
         frozen: &[bool],
         rng: &mut Rng,
     ) -> Result<Tensor> {
+        Ok(self.pool_with_outputs(documents, train, frozen, rng)?.0)
+    }
+
+    /// Runs [`Self::pool`] and also returns each document's pooled last-layer outputs
+    /// `[positions, embedding]`, in input order.
+    fn pool_with_outputs(
+        &self,
+        documents: &[&[u32]],
+        train: bool,
+        frozen: &[bool],
+        rng: &mut Rng,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         self.check_documents(documents)?;
         let device = self.embedding.device().clone();
         let dtype = self.embedding.dtype();
@@ -556,6 +579,11 @@ impl Classifier {
             start += bptt;
         }
 
+        let mut document_outputs = vec![None; documents.len()];
+        for (sorted_row, slices) in kept.iter().enumerate() {
+            document_outputs[order[sorted_row]] = Some(Tensor::cat(slices, 0)?);
+        }
+        let document_outputs: Vec<Tensor> = document_outputs.into_iter().flatten().collect();
         let stacked = if uses_cuda_kernels(self.embedding.as_tensor()) {
             // The pooling kernel: sorted rows, then back to input order.
             let mut inverse = vec![0u32; order.len()];
@@ -565,24 +593,18 @@ impl Classifier {
             let inverse = Tensor::from_vec(inverse, documents.len(), &device)?;
             concat_pool_padded(&kept)?.index_select(&inverse, 0)?
         } else {
-            let mut pooled_sorted = Vec::with_capacity(documents.len());
-            for slices in &kept {
-                let outputs = Tensor::cat(slices, 0)?;
+            let mut pooled = Vec::with_capacity(documents.len());
+            for outputs in &document_outputs {
                 let n = outputs.dims()[0];
                 let last = outputs.get(n - 1)?;
                 let max = outputs.max(0)?;
                 let mean = outputs.mean(0)?;
-                pooled_sorted.push(Tensor::cat(&[&last, &max, &mean], 0)?);
+                pooled.push(Tensor::cat(&[&last, &max, &mean], 0)?);
             }
-            let mut pooled = vec![None; documents.len()];
-            for (sorted_row, tensor) in pooled_sorted.into_iter().enumerate() {
-                pooled[order[sorted_row]] = Some(tensor);
-            }
-            let pooled: Vec<Tensor> = pooled.into_iter().flatten().collect();
             Tensor::stack(&pooled, 0)?
         };
         debug_assert_eq!(stacked.dims(), [documents.len(), 3 * embedding_size]);
-        Ok(stacked)
+        Ok((stacked, document_outputs))
     }
 
     /// Runs the embedding and the LSTM stack over one chunk `[rows, time]` from

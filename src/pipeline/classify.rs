@@ -8,7 +8,7 @@ use anyhow::bail;
 use candle_core::{DType, Tensor};
 
 use crate::model::classifier::argmax;
-use crate::model::Classifier;
+use crate::model::{Classifier, DEFAULT_AR_ALPHA, DEFAULT_TAR_BETA};
 use crate::rng::Rng;
 use crate::text::batches::{sorted_order, sortish_order};
 use crate::train::{
@@ -108,6 +108,65 @@ pub fn split_labels<'a>(label: &'a str, delimiter: &str) -> Vec<&'a str> {
         .map(str::trim)
         .filter(|part| !part.is_empty())
         .collect()
+}
+
+/// Returns fastai's activation penalties on the last LSTM layer's outputs of each
+/// document (`[positions, embedding]`, padding excluded), or `None` when both factors
+/// are 0. AR is `ar_alpha` times the mean square of every output value. TAR is
+/// `tar_beta` times the mean square of the change between neighbouring positions of a
+/// document. Both means run over every value of every document in the batch, where
+/// fastai's run over the padded batch.
+pub fn activation_penalty(
+    outputs: &[Tensor],
+    ar_alpha: f64,
+    tar_beta: f64,
+) -> candle_core::Result<Option<Tensor>> {
+    let mut penalty: Option<Tensor> = None;
+    let mut add = |term: Tensor| -> candle_core::Result<()> {
+        penalty = Some(match penalty.take() {
+            Some(sum) => sum.add(&term)?,
+            None => term,
+        });
+        Ok(())
+    };
+    if ar_alpha != 0.0 {
+        let mut sum: Option<Tensor> = None;
+        let mut count = 0usize;
+        for output in outputs {
+            let squares = output.sqr()?.sum_all()?;
+            sum = Some(match sum {
+                Some(total) => total.add(&squares)?,
+                None => squares,
+            });
+            count += output.elem_count();
+        }
+        if let Some(sum) = sum.filter(|_| count > 0) {
+            add(sum.affine(ar_alpha / count as f64, 0.0)?)?;
+        }
+    }
+    if tar_beta != 0.0 {
+        let mut sum: Option<Tensor> = None;
+        let mut count = 0usize;
+        for output in outputs {
+            let positions = output.dims()[0];
+            if positions < 2 {
+                continue;
+            }
+            let later = output.narrow(0, 1, positions - 1)?;
+            let earlier = output.narrow(0, 0, positions - 1)?;
+            let change = later.sub(&earlier)?;
+            count += change.elem_count();
+            let squares = change.sqr()?.sum_all()?;
+            sum = Some(match sum {
+                Some(total) => total.add(&squares)?,
+                None => squares,
+            });
+        }
+        if let Some(sum) = sum.filter(|_| count > 0) {
+            add(sum.affine(tar_beta / count as f64, 0.0)?)?;
+        }
+    }
+    Ok(penalty)
 }
 
 /// One stage of the gradual-unfreezing recipe.
@@ -212,6 +271,10 @@ pub struct ClassifierTask {
     batch_order: BatchOrder,
     /// Probability threshold of multi-label training, `None` for single-label.
     multi_label: Option<f32>,
+    /// Activation regularisation factor (fastai `alpha`).
+    ar_alpha: f64,
+    /// Temporal activation regularisation factor (fastai `beta`).
+    tar_beta: f64,
 }
 
 impl ClassifierTask {
@@ -240,6 +303,8 @@ impl ClassifierTask {
             frozen: vec![false; n_groups],
             batch_order: BatchOrder::default(),
             multi_label: None,
+            ar_alpha: DEFAULT_AR_ALPHA,
+            tar_beta: DEFAULT_TAR_BETA,
         })
     }
 
@@ -270,6 +335,14 @@ impl ClassifierTask {
         }
         self.multi_label = Some(threshold);
         Ok(self)
+    }
+
+    /// Sets the AR and TAR factors of the training loss (see [`activation_penalty`]).
+    /// The defaults are fastai's `text_classifier_learner` values, 2 and 1.
+    pub fn with_activation_regularization(mut self, ar_alpha: f64, tar_beta: f64) -> Self {
+        self.ar_alpha = ar_alpha;
+        self.tar_beta = tar_beta;
+        self
     }
 
     /// Sets the order of the training documents (default [`BatchOrder::Sortish`]).
@@ -471,13 +544,18 @@ impl TrainTask for ClassifierTask {
         let documents: Vec<&[u32]> = batch.iter().map(|&i| train.ids[i].as_slice()).collect();
         let frozen = self.frozen.clone();
         let output = self.model.forward_train(&documents, &frozen, rng)?;
-        if self.multi_label.is_some() {
+        let loss = if self.multi_label.is_some() {
             let sets: Vec<&Vec<u32>> = batch.iter().map(|&i| &train.label_sets[i]).collect();
             let targets = self.multi_hot(&sets, output.logits.device())?;
-            return Self::binary_loss(&output.logits, &targets);
+            Self::binary_loss(&output.logits, &targets)?
+        } else {
+            let labels: Vec<u32> = batch.iter().map(|&i| train.labels[i]).collect();
+            self.loss(&output.logits, &labels)?
+        };
+        match activation_penalty(&output.outputs, self.ar_alpha, self.tar_beta)? {
+            Some(penalty) => Ok(loss.add(&penalty.to_dtype(loss.dtype())?)?),
+            None => Ok(loss),
         }
-        let labels: Vec<u32> = batch.iter().map(|&i| train.labels[i]).collect();
-        self.loss(&output.logits, &labels)
     }
 
     /// Returns the validation loss, `accuracy`, `macro_f1` and per-class precision,

@@ -1,7 +1,9 @@
 //! The ULMFiT stages built from the text pipeline, the model and the trainer, and the
 //! model folders they exchange.
 
+pub mod baseline;
 pub mod bench;
+pub mod class_report;
 pub mod classify;
 pub mod evaluate;
 pub mod export;

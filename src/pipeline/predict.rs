@@ -251,6 +251,57 @@ impl LoadedClassifier {
     }
 }
 
+/// Loads the classifier folders of an ensemble onto `device`, checking that they share
+/// their classes (in the same order) and multi-label settings.
+pub fn load_ensemble(dirs: &[PathBuf], device: &Device) -> anyhow::Result<Vec<LoadedClassifier>> {
+    let models: Vec<LoadedClassifier> = dirs
+        .iter()
+        .map(|dir| LoadedClassifier::load_on(dir, device))
+        .collect::<anyhow::Result<_>>()?;
+    let Some(first) = models.first() else {
+        anyhow::bail!("no classifier folder given; pass at least one --model DIR");
+    };
+    for model in &models[1..] {
+        if model.config.classes != first.config.classes {
+            anyhow::bail!(
+                "{} has classes [{}] but {} has [{}]; an ensemble needs the same classes in the same order",
+                model.dir.display(),
+                model.config.classes.join(", "),
+                first.dir.display(),
+                first.config.classes.join(", ")
+            );
+        }
+        if model.config.multi_label != first.config.multi_label {
+            anyhow::bail!(
+                "{} and {} differ in multi-label settings; an ensemble needs the same ones",
+                model.dir.display(),
+                first.dir.display()
+            );
+        }
+    }
+    Ok(models)
+}
+
+/// Returns the mean of the ensemble members' class probabilities for each text, in
+/// input order. Each member reads the texts in its own direction.
+pub fn ensemble_probabilities(
+    models: &[LoadedClassifier],
+    texts: &[&str],
+    batch_size: usize,
+) -> anyhow::Result<Vec<Vec<f32>>> {
+    let width = models.first().map_or(0, |m| m.config.classes.len());
+    let mut average = vec![vec![0.0f32; width]; texts.len()];
+    for model in models {
+        let probabilities = model.probabilities(texts, batch_size)?;
+        for (sum, row) in average.iter_mut().zip(probabilities) {
+            for (s, p) in sum.iter_mut().zip(row) {
+                *s += p / models.len() as f32;
+            }
+        }
+    }
+    Ok(average)
+}
+
 /// Function turning logits into class probabilities.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
