@@ -25,7 +25,8 @@ use rayon::prelude::*;
 
 pub use super::packed::MatRef;
 use super::packed::{
-    for_each_tile, prepare_output, run_tasks, store_portable_tile, Blocking, OutPtr, PackedGemm,
+    for_each_tile, impl_packed_gemm, prepare_output, run_tasks, store_portable_tile, Blocking,
+    OutPtr, PackedGemm,
 };
 
 /// Rows of the register tile.
@@ -348,22 +349,7 @@ pub fn matmul(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], ldc: usize, accumulat
 /// This module's kernels behind the [`PackedGemm`] trait.
 pub struct Bf16Gemm;
 
-impl PackedGemm for Bf16Gemm {
-    type PackedA = PackedA;
-    type PackedB = PackedB;
-
-    fn pack_a(a: MatRef<'_>) -> PackedA {
-        PackedA::pack(a)
-    }
-
-    fn pack_b(b: MatRef<'_>) -> PackedB {
-        PackedB::pack(b)
-    }
-
-    fn gemm(a: &PackedA, b: &PackedB, c: &mut [f32], ldc: usize, accumulate: bool, threads: usize) {
-        gemm_packed(Bf16Kernel::detect(), a, b, c, ldc, accumulate, threads);
-    }
-}
+impl_packed_gemm!(Bf16Gemm, Bf16Kernel);
 
 /// Portable micro-kernel: sets `scratch` (`MR x NR`, row-major) to the product of
 /// [`MR`] rows of A (`kc` words each at row stride `a_stride`) and one panel of B.

@@ -22,16 +22,16 @@ use std::sync::OnceLock;
 
 pub use super::packed::MatRef;
 use super::packed::{
-    fill_groups, for_each_tile, prepare_output, run_tasks, store_portable_tile, Blocking, OutPtr,
-    PackedGemm,
+    fill_groups, for_each_tile, impl_packed_gemm, prepare_output, run_tasks, store_portable_tile,
+    Blocking, OutPtr, PackedGemm,
 };
 
 /// Rows of the register tile.
 pub const MR: usize = 8;
 /// Columns of the register tile: three 16-lane vectors.
 pub const NR: usize = 48;
-/// Tile and cache blocking: a `KC x NR` panel of B is 24 KiB (it stays in the 32 KiB
-/// L1 data cache of Zen 4 and recent Intel cores), and an `MC x KC` block of A 128 KiB.
+/// Tile and cache blocking: a `128 x NR` panel of B is 24 KiB (it fits a 32 KiB L1 data
+/// cache), and a `256 x 128` block of A 128 KiB.
 const BLOCKING: Blocking = Blocking {
     mr: MR,
     nr: NR,
@@ -300,22 +300,7 @@ pub fn matmul(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], ldc: usize, accumulat
 /// This module's kernels behind the [`PackedGemm`] trait.
 pub struct F32Gemm;
 
-impl PackedGemm for F32Gemm {
-    type PackedA = PackedA;
-    type PackedB = PackedB;
-
-    fn pack_a(a: MatRef<'_>) -> PackedA {
-        PackedA::pack(a)
-    }
-
-    fn pack_b(b: MatRef<'_>) -> PackedB {
-        PackedB::pack(b)
-    }
-
-    fn gemm(a: &PackedA, b: &PackedB, c: &mut [f32], ldc: usize, accumulate: bool, threads: usize) {
-        gemm_packed(F32Kernel::detect(), a, b, c, ldc, accumulate, threads);
-    }
-}
+impl_packed_gemm!(F32Gemm, F32Kernel);
 
 /// Portable micro-kernel: sets `scratch` (`MR x NR`, row-major) to the product of one
 /// group of A and one panel of B over `kc` steps.

@@ -296,6 +296,37 @@ pub trait PackedGemm {
     }
 }
 
+/// Implements [`PackedGemm`] for the unit struct `$name` with the calling module's
+/// `PackedA::pack`, `PackedB::pack`, and `gemm_packed` on `$kernel::detect()`.
+macro_rules! impl_packed_gemm {
+    ($name:ident, $kernel:ident) => {
+        impl PackedGemm for $name {
+            type PackedA = PackedA;
+            type PackedB = PackedB;
+
+            fn pack_a(a: MatRef<'_>) -> PackedA {
+                PackedA::pack(a)
+            }
+
+            fn pack_b(b: MatRef<'_>) -> PackedB {
+                PackedB::pack(b)
+            }
+
+            fn gemm(
+                a: &PackedA,
+                b: &PackedB,
+                c: &mut [f32],
+                ldc: usize,
+                accumulate: bool,
+                threads: usize,
+            ) {
+                gemm_packed($kernel::detect(), a, b, c, ldc, accumulate, threads);
+            }
+        }
+    };
+}
+pub(crate) use impl_packed_gemm;
+
 /// Writes the row-major `[mr, nr]` tile `scratch` (row length `nr`) to the first
 /// `rows x cols` values of `c`, or adds it with `add`.
 ///

@@ -118,6 +118,9 @@ impl PackedWeight {
     /// Packs the row-major weight `w` `[n, k]` for `precision`, or returns `None` for
     /// f32 when [`f32_backend`] is the `gemm` crate, which multiplies the weight as it
     /// is.
+    ///
+    /// NOTE: every packed weight is f32, so packing an f64 model for inference makes
+    /// its packed products f32.
     pub fn pack(w: &[f32], n: usize, k: usize, precision: Precision) -> Option<Self> {
         match precision {
             Precision::F32 => match f32_backend() {
