@@ -23,16 +23,24 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+pub use super::packed::MatRef;
+use super::packed::{
+    for_each_tile, impl_packed_gemm, prepare_output, run_tasks, store_portable_tile, Blocking,
+    OutPtr, PackedGemm,
+};
+
 /// Rows of the register tile.
 pub const MR: usize = 8;
 /// Columns of the register tile: three 16-lane vectors.
 pub const NR: usize = 48;
-/// Pairs of `k` per cache block: a `KC_PAIRS x NR` panel of B is 24 KiB.
-const KC_PAIRS: usize = 128;
-/// Rows of A per cache block (a multiple of [`MR`]).
-const MC: usize = 256;
-/// Multiply-adds below which a product runs on one thread.
-const PARALLEL_THRESHOLD: usize = 1 << 21;
+/// Tile and cache blocking, in pairs of `k`: a `128 x NR` panel of B is 24 KiB, and a
+/// `256 x 128` block of A 128 KiB.
+const BLOCKING: Blocking = Blocking {
+    mr: MR,
+    nr: NR,
+    kc: 128,
+    mc: 256,
+};
 
 /// Implementation of the micro-kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,76 +109,6 @@ fn pair(lo: f32, hi: f32) -> u32 {
     to_bf16_bits(lo) as u32 | ((to_bf16_bits(hi) as u32) << 16)
 }
 
-/// A read-only view of an f32 matrix with arbitrary strides, in elements.
-#[derive(Debug, Clone, Copy)]
-pub struct MatRef<'a> {
-    data: &'a [f32],
-    rows: usize,
-    cols: usize,
-    row_stride: usize,
-    col_stride: usize,
-}
-
-impl<'a> MatRef<'a> {
-    /// Views `data` as a row-major `[rows, cols]` matrix.
-    ///
-    /// Panics when `data` has fewer than `rows * cols` elements.
-    pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        Self::new(data, rows, cols, cols, 1)
-    }
-
-    /// Views `data`, a row-major `[cols, rows]` matrix, as its transpose `[rows, cols]`.
-    ///
-    /// Panics when `data` has fewer than `rows * cols` elements.
-    pub fn transposed(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        Self::new(data, rows, cols, 1, rows)
-    }
-
-    /// Views `data` as `[rows, cols]` with element `(i, j)` at `i * row_stride + j *
-    /// col_stride`.
-    ///
-    /// Panics when the last element lies outside `data`.
-    pub fn new(
-        data: &'a [f32],
-        rows: usize,
-        cols: usize,
-        row_stride: usize,
-        col_stride: usize,
-    ) -> Self {
-        if rows > 0 && cols > 0 {
-            let last = (rows - 1) * row_stride + (cols - 1) * col_stride;
-            assert!(
-                last < data.len(),
-                "MatRef: a [{rows}, {cols}] view with strides ({row_stride}, {col_stride}) needs {} elements, the slice has {}",
-                last + 1,
-                data.len()
-            );
-        }
-        Self {
-            data,
-            rows,
-            cols,
-            row_stride,
-            col_stride,
-        }
-    }
-
-    /// Number of rows.
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    /// Number of columns.
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
-
-    #[inline]
-    fn at(&self, i: usize, j: usize) -> f32 {
-        self.data[i * self.row_stride + j * self.col_stride]
-    }
-}
-
 /// The left operand `A [m, k]` of a product, rounded to bf16 and packed.
 #[derive(Debug, Clone)]
 pub struct PackedA {
@@ -183,7 +121,7 @@ pub struct PackedA {
 impl PackedA {
     /// Rounds and packs `a` (`[m, k]`).
     pub fn pack(a: MatRef<'_>) -> Self {
-        let (rows, depth) = (a.rows, a.cols);
+        let (rows, depth) = (a.rows(), a.cols());
         let pairs = depth.div_ceil(2);
         let padded_rows = rows.div_ceil(MR) * MR;
         let mut words = vec![0u32; padded_rows * pairs];
@@ -195,16 +133,16 @@ impl PackedA {
                 pairs,
             };
         }
-        if a.col_stride == 1 || rows == 1 {
+        if a.col_stride() == 1 || rows == 1 {
             // Rows are contiguous in the source: convert them one by one.
             words
                 .par_chunks_mut(pairs)
                 .take(rows)
                 .enumerate()
                 .for_each(|(i, out)| {
-                    let start = i * a.row_stride;
-                    if a.col_stride == 1 {
-                        pack_contiguous_row(&a.data[start..start + depth], out);
+                    let start = i * a.row_stride();
+                    if a.col_stride() == 1 {
+                        pack_contiguous_row(&a.data()[start..start + depth], out);
                     } else {
                         for (q, word) in out.iter_mut().enumerate() {
                             let hi = if 2 * q + 1 < depth {
@@ -290,7 +228,7 @@ pub struct PackedB {
 impl PackedB {
     /// Rounds and packs `b` (`[k, n]`).
     pub fn pack(b: MatRef<'_>) -> Self {
-        let (depth, cols) = (b.rows, b.cols);
+        let (depth, cols) = (b.rows(), b.cols());
         let pairs = depth.div_ceil(2);
         let panels = cols.div_ceil(NR);
         let mut words = vec![0u32; panels * pairs * NR];
@@ -301,13 +239,13 @@ impl PackedB {
                 .for_each(|(panel, out)| {
                     let first = panel * NR;
                     let count = NR.min(cols - first);
-                    if b.row_stride == 1 && b.col_stride != 1 {
+                    if b.row_stride() == 1 && b.col_stride() != 1 {
                         // Column j of B is contiguous (B is a transposed row-major
                         // weight): convert it, then spread its words with stride NR.
                         let mut column = vec![0u32; pairs];
                         for c in 0..count {
-                            let start = (first + c) * b.col_stride;
-                            pack_contiguous_row(&b.data[start..start + depth], &mut column);
+                            let start = (first + c) * b.col_stride();
+                            pack_contiguous_row(&b.data()[start..start + depth], &mut column);
                             for (q, &word) in column.iter().enumerate() {
                                 out[q * NR + c] = word;
                             }
@@ -347,13 +285,6 @@ impl PackedB {
     }
 }
 
-/// A raw output pointer that rayon tasks may share: every task writes its own columns.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint column ranges of the output (see `gemm_packed`).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
 /// Computes `c = a b`, or `c += a b` with `accumulate`, where `c` is row-major `[m, n]`
 /// with row stride `ldc`, using `kernel` and up to `threads` rayon tasks.
 ///
@@ -372,145 +303,70 @@ pub fn gemm_packed(
         "gemm_packed: A has k = {} but B has k = {}",
         a.depth, b.depth
     );
-    let (m, n) = (a.rows, b.cols);
-    if m == 0 || n == 0 {
+    let (m, n, pairs) = (a.rows, b.cols, a.pairs);
+    if !prepare_output("gemm_packed", (m, n, pairs), c, ldc, accumulate) {
         return;
     }
-    assert!(
-        ldc >= n && c.len() >= (m - 1) * ldc + n,
-        "gemm_packed: output of {} elements with row stride {ldc} cannot hold [{m}, {n}]",
-        c.len()
-    );
-    if a.pairs == 0 {
-        if !accumulate {
-            for row in 0..m {
-                c[row * ldc..row * ldc + n].fill(0.0);
-            }
-        }
-        return;
-    }
-    let panels = n.div_ceil(NR);
-    let work = m * n * a.depth;
-    let tasks = if work < PARALLEL_THRESHOLD {
-        1
-    } else {
-        threads.clamp(1, panels)
-    };
     let out = OutPtr(c.as_mut_ptr());
-    let run = |task: usize| {
-        let first = panels * task / tasks;
-        let last = panels * (task + 1) / tasks;
-        // SAFETY: the task writes only columns of panels `first..last` of rows `0..m`,
-        // which lie inside `c` (checked above) and no other task writes.
-        unsafe { gemm_panels(kernel, a, b, out, ldc, accumulate, first..last) };
-    };
-    if tasks == 1 {
-        run(0);
-    } else {
-        (0..tasks).into_par_iter().for_each(run);
-    }
+    run_tasks(
+        BLOCKING,
+        (m, n),
+        m * n * a.depth,
+        threads,
+        |rows, panels| {
+            let mut scratch = [0.0f32; MR * NR];
+            for_each_tile(BLOCKING, rows, panels, (pairs, n), accumulate, |tile| {
+                let a_block = &a.words[tile.row * pairs + tile.k_start..];
+                let b_panel = &b.words[(tile.panel * pairs + tile.k_start) * NR..][..tile.kc * NR];
+                // SAFETY: the tile lies inside `c` (checked by `prepare_output`), and
+                // `run_tasks` gives its rows and columns to this task alone.
+                unsafe {
+                    let c_tile = out.get().add(tile.row * ldc + tile.panel * NR);
+                    match kernel {
+                        #[cfg(target_arch = "x86_64")]
+                        Bf16Kernel::Avx512Bf16 => avx512::tile(
+                            a_block, pairs, b_panel, tile.kc, c_tile, ldc, tile.rows, tile.cols,
+                            tile.add,
+                        ),
+                        _ => {
+                            portable_tile(a_block, pairs, b_panel, tile.kc, &mut scratch);
+                            let shape = (tile.rows, tile.cols);
+                            store_portable_tile(&scratch, NR, c_tile, ldc, shape, tile.add);
+                        }
+                    }
+                }
+            });
+        },
+    );
 }
 
 /// Computes `c = a b` or `c += a b` from unpacked operands: packs both, then calls
 /// [`gemm_packed`] with the detected kernel and Candle's CPU thread count.
 pub fn matmul(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], ldc: usize, accumulate: bool) {
-    let a = PackedA::pack(a);
-    let b = PackedB::pack(b);
-    gemm_packed(
-        Bf16Kernel::detect(),
-        &a,
-        &b,
-        c,
-        ldc,
-        accumulate,
-        candle_core::utils::get_num_threads(),
-    );
+    Bf16Gemm::matmul(a, b, c, ldc, accumulate);
 }
 
-/// Runs the blocked loops over the panels `panels` of B.
-///
-/// # Safety
-/// `out` must point to a row-major `[a.rows, b.cols]` output with row stride `ldc`,
-/// and no other thread may access the columns of these panels meanwhile.
-unsafe fn gemm_panels(
-    kernel: Bf16Kernel,
-    a: &PackedA,
-    b: &PackedB,
-    out: OutPtr,
-    ldc: usize,
-    accumulate: bool,
-    panels: std::ops::Range<usize>,
-) {
-    let (m, n, pairs) = (a.rows, b.cols, a.pairs);
-    let mut tile = [0.0f32; MR * NR];
-    for row_block in (0..m).step_by(MC) {
-        let block_end = (row_block + MC).min(m);
-        for k_block in (0..pairs).step_by(KC_PAIRS) {
-            let kc = KC_PAIRS.min(pairs - k_block);
-            let add = accumulate || k_block > 0;
-            for panel in panels.clone() {
-                let cols = NR.min(n - panel * NR);
-                let b_panel = &b.words[(panel * pairs + k_block) * NR..][..kc * NR];
-                for row in (row_block..block_end).step_by(MR) {
-                    let rows = MR.min(m - row);
-                    let a_block = &a.words[row * pairs + k_block..];
-                    let c_ptr = out.0.add(row * ldc + panel * NR);
-                    match kernel {
-                        #[cfg(target_arch = "x86_64")]
-                        Bf16Kernel::Avx512Bf16 => {
-                            avx512::tile(a_block, pairs, b_panel, kc, c_ptr, ldc, rows, cols, add)
-                        }
-                        #[cfg(not(target_arch = "x86_64"))]
-                        Bf16Kernel::Avx512Bf16 => portable_tile(
-                            a_block, pairs, b_panel, kc, &mut tile, c_ptr, ldc, rows, cols, add,
-                        ),
-                        Bf16Kernel::Portable => portable_tile(
-                            a_block, pairs, b_panel, kc, &mut tile, c_ptr, ldc, rows, cols, add,
-                        ),
-                    }
-                }
-            }
-        }
-    }
-}
+/// This module's kernels behind the [`PackedGemm`] trait.
+pub struct Bf16Gemm;
 
-/// Portable micro-kernel: one `MR x NR` tile over `kc` pairs.
-///
-/// # Safety
-/// `c` must point to `rows` rows of `cols` writable values with row stride `ldc`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn portable_tile(
-    a: &[u32],
-    a_stride: usize,
-    b: &[u32],
-    kc: usize,
-    tile: &mut [f32; MR * NR],
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    cols: usize,
-    add: bool,
-) {
-    tile.fill(0.0);
+impl_packed_gemm!(Bf16Gemm, Bf16Kernel);
+
+/// Portable micro-kernel: sets `scratch` (`MR x NR`, row-major) to the product of
+/// [`MR`] rows of A (`kc` words each at row stride `a_stride`) and one panel of B.
+fn portable_tile(a: &[u32], a_stride: usize, b: &[u32], kc: usize, scratch: &mut [f32; MR * NR]) {
+    scratch.fill(0.0);
     for q in 0..kc {
         let b_row = &b[q * NR..(q + 1) * NR];
         for r in 0..MR {
             let word = a[r * a_stride + q];
             let a_lo = from_bf16_bits(word as u16);
             let a_hi = from_bf16_bits((word >> 16) as u16);
-            let acc = &mut tile[r * NR..(r + 1) * NR];
+            let acc = &mut scratch[r * NR..(r + 1) * NR];
             for (sum, &b_word) in acc.iter_mut().zip(b_row) {
                 let b_lo = from_bf16_bits(b_word as u16);
                 let b_hi = from_bf16_bits((b_word >> 16) as u16);
                 *sum += a_lo * b_lo + a_hi * b_hi;
             }
-        }
-    }
-    for r in 0..rows {
-        let row = c.add(r * ldc);
-        for j in 0..cols {
-            let value = tile[r * NR + j];
-            *row.add(j) = if add { *row.add(j) + value } else { value };
         }
     }
 }
@@ -520,6 +376,7 @@ mod avx512 {
     use std::arch::x86_64::*;
     use std::mem::transmute;
 
+    use super::super::packed::avx512::store_tile;
     use super::{MR, NR};
 
     /// Converts a contiguous row into pair words with `vcvtne2ps2bf16`.
@@ -585,28 +442,7 @@ mod avx512 {
             }
             b_ptr = b_ptr.add(NR);
         }
-        for (r, row) in acc.iter().enumerate().take(rows) {
-            let out = c.add(r * ldc);
-            for (v, &sum) in row.iter().enumerate() {
-                let first = v * 16;
-                if first >= cols {
-                    break;
-                }
-                let lanes = (cols - first).min(16);
-                let mask: __mmask16 = if lanes == 16 {
-                    0xffff
-                } else {
-                    (1u16 << lanes) - 1
-                };
-                let ptr = out.add(first);
-                let value = if add {
-                    _mm512_add_ps(_mm512_maskz_loadu_ps(mask, ptr), sum)
-                } else {
-                    sum
-                };
-                _mm512_mask_storeu_ps(ptr, mask, value);
-            }
-        }
+        store_tile(&acc, c, ldc, rows, cols, add);
     }
 }
 

@@ -16,7 +16,9 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
-use super::bf16::{gemm_packed, Bf16Kernel, MatRef, PackedA, PackedB};
+use super::bf16::{Bf16Gemm, MatRef};
+use super::f32gemm::{f32_backend, F32Backend, F32Gemm};
+use super::packed::PackedGemm;
 use super::precision::Precision;
 use super::{contiguous_slice, parallelism};
 
@@ -40,7 +42,9 @@ pub fn decoder_cross_entropy(
 }
 
 /// Runs [`decoder_cross_entropy`] with its three matrix products in `precision`.
-/// [`Precision::Bf16`] packs the weight to bf16 once per call and rounds the
+/// f32 inputs with [`Precision::F32`] run on the packed f32 kernels, or on the `gemm`
+/// crate when [`super::f32gemm::f32_backend`] selects it; f64 inputs always run on the
+/// `gemm` crate. [`Precision::Bf16`] packs the weight to bf16 once per call and rounds the
 /// activations of every product, with f32 sums. It applies to f32 inputs only.
 /// [`Precision::Int8`] is rejected, because this operation computes gradients.
 pub fn decoder_cross_entropy_with(
@@ -279,8 +283,9 @@ impl FusedDecoderLoss {
         (total * scale, grads)
     }
 
-    /// Computes what [`Self::compute`] does, for f32 inputs, with bf16 products.
-    fn compute_bf16(
+    /// Computes what [`Self::compute`] does, for f32 inputs, with the packed kernels
+    /// of `G`.
+    fn compute_packed<G: PackedGemm>(
         &self,
         hidden: &[f32],
         weight: &[f32],
@@ -288,13 +293,12 @@ impl FusedDecoderLoss {
         (rows, features, classes): (usize, usize, usize),
         with_grads: bool,
     ) -> (f64, Option<Gradients<f32>>) {
-        let kernel = Bf16Kernel::detect();
         let threads = candle_core::utils::get_num_threads();
         // The weight serves as W^T [features, classes] for the logits and as W
         // [classes, features] for the gradient of h: pack it both ways, once.
-        let weight_t = PackedB::pack_transposed(weight, classes, features);
+        let weight_t = G::pack_b(MatRef::transposed(weight, features, classes));
         let weight_rows =
-            with_grads.then(|| PackedB::pack(MatRef::row_major(weight, classes, features)));
+            with_grads.then(|| G::pack_b(MatRef::row_major(weight, classes, features)));
         let chunk_rows = CHUNK_ROWS.min(rows);
         let mut logits = vec![0.0f32; chunk_rows * classes];
         let mut grads = with_grads.then(|| {
@@ -310,8 +314,8 @@ impl FusedDecoderLoss {
             let count = chunk_rows.min(rows - start);
             let h = &hidden[start * features..(start + count) * features];
             let block = &mut logits[..count * classes];
-            let h_packed = PackedA::pack(MatRef::row_major(h, count, features));
-            gemm_packed(kernel, &h_packed, &weight_t, block, classes, false, threads);
+            let h_packed = G::pack_a(MatRef::row_major(h, count, features));
+            G::gemm(&h_packed, &weight_t, block, classes, false, threads);
             let targets = &self.targets[start..start + count];
             total += block
                 .par_chunks_mut(classes)
@@ -329,21 +333,13 @@ impl FusedDecoderLoss {
                 }
             }
             // grad_h = block W
-            let block_packed = PackedA::pack(MatRef::row_major(block, count, classes));
+            let block_packed = G::pack_a(MatRef::row_major(block, count, classes));
             let grad_h = &mut grad_h[start * features..(start + count) * features];
-            gemm_packed(
-                kernel,
-                &block_packed,
-                weight_rows,
-                grad_h,
-                features,
-                false,
-                threads,
-            );
+            G::gemm(&block_packed, weight_rows, grad_h, features, false, threads);
             // grad_w += block^T h
-            let block_t = PackedA::pack(MatRef::transposed(block, classes, count));
-            let h_rows = PackedB::pack(MatRef::row_major(h, count, features));
-            gemm_packed(kernel, &block_t, &h_rows, grad_w, features, true, threads);
+            let block_t = G::pack_a(MatRef::transposed(block, classes, count));
+            let h_rows = G::pack_b(MatRef::row_major(h, count, features));
+            G::gemm(&block_t, &h_rows, grad_w, features, true, threads);
         }
         (total * scale, grads)
     }
@@ -363,8 +359,11 @@ impl FusedDecoderLoss {
         self.finish(loss, grads, dims)
     }
 
-    /// Runs the operation on f32 inputs with bf16 products.
-    fn run_bf16(&self, storages: [(&CpuStorage, &Layout); 3]) -> Result<(CpuStorage, Shape)> {
+    /// Runs the operation on f32 inputs with the packed kernels of `G`.
+    fn run_packed<G: PackedGemm>(
+        &self,
+        storages: [(&CpuStorage, &Layout); 3],
+    ) -> Result<(CpuStorage, Shape)> {
         let [(s1, l1), (s2, l2), (s3, l3)] = storages;
         let (rows, features) = l1.shape().dims2()?;
         let classes = l2.shape().dims2()?.0;
@@ -372,7 +371,8 @@ impl FusedDecoderLoss {
         let weight = contiguous_slice::<f32>(s2, l2, "decoder_cross_entropy", "weight")?;
         let bias = contiguous_slice::<f32>(s3, l3, "decoder_cross_entropy", "bias")?;
         let dims = (rows, features, classes);
-        let (loss, grads) = self.compute_bf16(hidden, weight, bias, dims, self.save_for_backward);
+        let (loss, grads) =
+            self.compute_packed::<G>(hidden, weight, bias, dims, self.save_for_backward);
         self.finish(loss, grads, dims)
     }
 
@@ -453,7 +453,12 @@ impl candle_core::CustomOp3 for FusedDecoderLoss {
     ) -> Result<(CpuStorage, Shape)> {
         let storages = [(s1, l1), (s2, l2), (s3, l3)];
         match s1.dtype() {
-            DType::F32 if self.precision == Precision::Bf16 => self.run_bf16(storages),
+            DType::F32 if self.precision == Precision::Bf16 => {
+                self.run_packed::<Bf16Gemm>(storages)
+            }
+            DType::F32 if f32_backend() == F32Backend::Packed => {
+                self.run_packed::<F32Gemm>(storages)
+            }
             DType::F32 => self.run::<f32>(storages),
             DType::F64 => self.run::<f64>(storages),
             dtype => {

@@ -2,8 +2,11 @@
 //!
 //! The caller computes the input projection `x W_ih^T + b_ih + b_hh` for every time step
 //! with one matrix product. The operation then runs the recurrence: per step one
-//! `[batch, hidden] x [hidden, 4 hidden]` product with `gemm` (the crate Candle's CPU
-//! backend uses) and one element-wise pass over the gates. Its backward pass is
+//! `[batch, hidden] x [hidden, 4 hidden]` product and one element-wise pass over the
+//! gates. f32 products run on the packed kernels ([`super::f32gemm`], or bf16 with
+//! [`Precision::Bf16`]), f64 products and f32 ones with the `gemm` backend selected
+//! ([`super::f32gemm::f32_backend`]) on the `gemm` crate, which Candle's CPU backend
+//! uses. Its backward pass is
 //! hand-written backpropagation through time that returns the gradient of the projected
 //! inputs, of `W_hh` (one large matrix product over all steps), and of the initial state.
 //!
@@ -16,8 +19,10 @@ use candle_core::{
     backend::BackendStorage, bail, CpuStorage, DType, Layout, Result, Shape, Tensor, WithDType,
 };
 
-use super::bf16::{gemm_packed, Bf16Kernel, MatRef, PackedA, PackedB};
-use super::precision::{bf16_matmul, PackedWeight, Precision};
+use super::bf16::{Bf16Gemm, MatRef};
+use super::f32gemm::{f32_backend, F32Backend, F32Gemm};
+use super::packed::PackedGemm;
+use super::precision::{bf16_matmul, f32_matmul, PackedWeight, Precision};
 use super::{contiguous_slice, parallelism};
 
 /// Outputs of [`lstm_sequence`].
@@ -48,7 +53,8 @@ pub fn lstm_sequence(
 /// Runs [`lstm_sequence`] with the recurrent products in `precision`, which applies to
 /// f32 inputs only (f64 inputs always use f64 products).
 ///
-/// With [`Precision::Bf16`], `W_hh` is packed to bf16 once per call and both the
+/// With [`Precision::F32`] and the packed f32 backend, `W_hh` is packed once per call
+/// for the per-step products in both passes. With [`Precision::Bf16`], `W_hh` is packed to bf16 once per call and both the
 /// per-step products and the backward's products (the gradient of `h` and of `W_hh`)
 /// round their inputs to bf16 and sum in f32. [`Precision::Int8`] serves inference
 /// only and fails when an input tracks gradients. `packed_w_hh`, a weight packed
@@ -257,6 +263,30 @@ fn gemm_step_backward<T: LstmFloat>(
     }
 }
 
+/// Returns the per-step product `dh_next = dg W_hh` with the packed kernels of `G`, in
+/// f32: `W_hh` is packed once, `dg` at every step.
+fn packed_step_backward<T: LstmFloat, G: PackedGemm>(
+    w_hh: &[T],
+    (batch, hidden): (usize, usize),
+) -> impl FnMut(&[T], &mut [T]) {
+    // dh = dg W_hh, with W_hh [4 hidden, hidden] as the right operand.
+    let w_f32: Vec<f32> = w_hh.iter().map(|v| v.to_f64() as f32).collect();
+    let packed = G::pack_b(MatRef::row_major(&w_f32, 4 * hidden, hidden));
+    let threads = candle_core::utils::get_num_threads();
+    let mut dg_f32 = vec![0.0f32; batch * 4 * hidden];
+    let mut out = vec![0.0f32; batch * hidden];
+    move |dg: &[T], dh: &mut [T]| {
+        for (x, v) in dg_f32.iter_mut().zip(dg) {
+            *x = v.to_f64() as f32;
+        }
+        let a = G::pack_a(MatRef::row_major(&dg_f32, batch, 4 * hidden));
+        G::gemm(&a, &packed, &mut out, hidden, false, threads);
+        for (d, &v) in dh.iter_mut().zip(&out) {
+            *d = T::from_f64(v as f64);
+        }
+    }
+}
+
 /// Element types the kernel runs on.
 trait LstmFloat: WithDType {
     fn sigmoid(self) -> Self;
@@ -452,33 +482,24 @@ impl FusedLstm {
         let w_values = w_hh.flatten_all()?.to_vec1::<T>()?;
         let state_values = state0.flatten_all()?.to_vec1::<T>()?;
         let grad_values = grad_packed.flatten_all()?.to_vec1::<T>()?;
-        let bf16 = T::DTYPE == DType::F32 && self.precision == Precision::Bf16;
-        let (grad_gates, grad_state0) = if bf16 {
-            // dh = dg W_hh, with W_hh [4 hidden, hidden] as the right operand.
-            let w_f32: Vec<f32> = w_values.iter().map(|v| v.to_f64() as f32).collect();
-            let packed = PackedB::pack(MatRef::row_major(&w_f32, 4 * hidden, hidden));
-            let threads = candle_core::utils::get_num_threads();
-            let product = |dg: &[T], dh: &mut [T]| {
-                let dg: Vec<f32> = dg.iter().map(|v| v.to_f64() as f32).collect();
-                let a = PackedA::pack(MatRef::row_major(&dg, batch, 4 * hidden));
-                let mut out = vec![0.0f32; batch * hidden];
-                gemm_packed(
-                    Bf16Kernel::detect(),
-                    &a,
-                    &packed,
-                    &mut out,
-                    hidden,
-                    false,
-                    threads,
-                );
-                for (d, v) in dh.iter_mut().zip(out) {
-                    *d = T::from_f64(v as f64);
-                }
-            };
-            Self::backward(gates, cells, product, &state_values, &grad_values, dims)
-        } else {
-            let product = gemm_step_backward(&w_values, (batch, hidden));
-            Self::backward(gates, cells, product, &state_values, &grad_values, dims)
+        let packed_format = match (T::DTYPE, self.precision, f32_backend()) {
+            (DType::F32, Precision::Bf16, _) => Some(Precision::Bf16),
+            (DType::F32, Precision::F32, F32Backend::Packed) => Some(Precision::F32),
+            _ => None,
+        };
+        let (grad_gates, grad_state0) = match packed_format {
+            Some(Precision::Bf16) => {
+                let product = packed_step_backward::<T, Bf16Gemm>(&w_values, (batch, hidden));
+                Self::backward(gates, cells, product, &state_values, &grad_values, dims)
+            }
+            Some(_) => {
+                let product = packed_step_backward::<T, F32Gemm>(&w_values, (batch, hidden));
+                Self::backward(gates, cells, product, &state_values, &grad_values, dims)
+            }
+            None => {
+                let product = gemm_step_backward(&w_values, (batch, hidden));
+                Self::backward(gates, cells, product, &state_values, &grad_values, dims)
+            }
         };
 
         let device = w_hh.device();
@@ -494,10 +515,10 @@ impl FusedLstm {
         };
         let grad_rows = grad_projected.reshape((time * batch, 4 * hidden))?;
         let previous_rows = previous.reshape((time * batch, hidden))?;
-        let grad_w = if bf16 {
-            bf16_matmul(&grad_rows, &previous_rows, true, false)?
-        } else {
-            grad_rows.t()?.matmul(&previous_rows)?
+        let grad_w = match packed_format {
+            Some(Precision::Bf16) => bf16_matmul(&grad_rows, &previous_rows, true, false)?,
+            Some(_) => f32_matmul(&grad_rows, &previous_rows, true, false)?,
+            None => grad_rows.t()?.matmul(&previous_rows)?,
         };
         Ok((grad_projected, grad_w, grad_state0))
     }

@@ -6,8 +6,10 @@
 pub mod bf16;
 pub mod cuda;
 pub mod decoder;
+pub mod f32gemm;
 pub mod int8;
 pub mod lstm;
+pub mod packed;
 pub mod precision;
 
 use candle_core::{bail, CpuStorage, Layout, Result, WithDType};

@@ -1,9 +1,11 @@
 //! The number format of the CPU matrix products, weights packed in that format, and a
 //! differentiable bf16 matrix product for Candle tensors.
 //!
-//! f32 is the default and runs the `gemm` crate's f32 kernels unchanged. bf16 rounds
-//! both operands of every product to bfloat16 and accumulates in f32
-//! ([`super::bf16`]); the parameters and every other operation stay f32. int8
+//! f32 is the default. Its products run on the packed f32 kernels of
+//! [`super::f32gemm`], or on the `gemm` crate (as Candle's matmul does) when
+//! [`super::f32gemm::f32_backend`] selects it. bf16 rounds both operands of every
+//! product to bfloat16 and accumulates in f32 ([`super::bf16`]); the parameters and
+//! every other operation stay f32. int8
 //! ([`super::int8`]) quantises weights per output row and activations per input row,
 //! and serves inference only.
 
@@ -16,15 +18,17 @@ use candle_core::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::bf16::{self, Bf16Kernel, MatRef, PackedA, PackedB};
+use super::bf16::{self, Bf16Gemm, MatRef, PackedB};
 use super::contiguous_slice;
+use super::f32gemm::{self, f32_backend, F32Backend, F32Gemm};
 use super::int8::{self, PackedInt8};
+use super::packed::PackedGemm;
 
 /// Number format of the matrix products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// f32 inputs and sums (the `gemm` crate).
+    /// f32 inputs and sums (packed AVX-512 kernels, or the `gemm` crate).
     #[default]
     F32,
     /// Inputs rounded to bfloat16, f32 sums (AVX512-BF16 `vdpbf16ps`).
@@ -99,9 +103,11 @@ pub enum PrecisionError {
     },
 }
 
-/// A weight `W [n, k]` packed once for products `x W^T` in a reduced precision.
+/// A weight `W [n, k]` packed once for products `x W^T`.
 #[derive(Debug, Clone)]
 pub enum PackedWeight {
+    /// Packed for the f32 kernels.
+    F32(f32gemm::PackedB),
     /// Rounded to bf16.
     Bf16(PackedB),
     /// Quantised to int8 per row.
@@ -110,10 +116,17 @@ pub enum PackedWeight {
 
 impl PackedWeight {
     /// Packs the row-major weight `w` `[n, k]` for `precision`, or returns `None` for
-    /// f32, which multiplies the weight as it is.
+    /// f32 when [`f32_backend`] is the `gemm` crate, which multiplies the weight as it
+    /// is.
+    ///
+    /// NOTE: every packed weight is f32, so packing an f64 model for inference makes
+    /// its packed products f32.
     pub fn pack(w: &[f32], n: usize, k: usize, precision: Precision) -> Option<Self> {
         match precision {
-            Precision::F32 => None,
+            Precision::F32 => match f32_backend() {
+                F32Backend::Packed => Some(Self::F32(f32gemm::PackedB::pack_transposed(w, n, k))),
+                F32Backend::GemmCrate => None,
+            },
             Precision::Bf16 => Some(Self::Bf16(PackedB::pack_transposed(w, n, k))),
             Precision::Int8 => Some(Self::Int8(PackedInt8::pack(w, n, k))),
         }
@@ -122,6 +135,7 @@ impl PackedWeight {
     /// Returns `(n, k)`, the shape of the packed weight.
     pub fn dims(&self) -> (usize, usize) {
         match self {
+            Self::F32(b) => (b.cols(), b.depth()),
             Self::Bf16(b) => (b.cols(), b.depth()),
             Self::Int8(w) => (w.rows(), w.depth()),
         }
@@ -132,17 +146,13 @@ impl PackedWeight {
     pub fn matmul_transposed(&self, x: &[f32], m: usize, out: &mut [f32], accumulate: bool) {
         let threads = candle_core::utils::get_num_threads();
         match self {
+            Self::F32(b) => {
+                let a = F32Gemm::pack_a(MatRef::row_major(x, m, b.depth()));
+                F32Gemm::gemm(&a, b, out, b.cols(), accumulate, threads);
+            }
             Self::Bf16(b) => {
-                let a = PackedA::pack(MatRef::row_major(x, m, b.depth()));
-                bf16::gemm_packed(
-                    Bf16Kernel::detect(),
-                    &a,
-                    b,
-                    out,
-                    b.cols(),
-                    accumulate,
-                    threads,
-                );
+                let a = Bf16Gemm::pack_a(MatRef::row_major(x, m, b.depth()));
+                Bf16Gemm::gemm(&a, b, out, b.cols(), accumulate, threads);
             }
             Self::Int8(w) => w.matmul_transposed(x, m, out, accumulate, threads),
         }
@@ -181,35 +191,73 @@ pub fn bf16_matmul(
     a_transposed: bool,
     b_transposed: bool,
 ) -> Result<Tensor> {
+    packed_matmul(a, b, a_transposed, b_transposed, Precision::Bf16)
+}
+
+/// Returns `op(a) op(b)` (operands as in [`bf16_matmul`]) in f32: with the packed f32
+/// kernels for f32 CPU tensors when [`f32_backend`] selects them, else with Candle's
+/// matmul. Gradients flow to both, computed the same way.
+pub fn f32_matmul(
+    a: &Tensor,
+    b: &Tensor,
+    a_transposed: bool,
+    b_transposed: bool,
+) -> Result<Tensor> {
+    let packed = a.dtype() == DType::F32
+        && b.dtype() == DType::F32
+        && a.device().is_cpu()
+        && b.device().is_cpu()
+        && f32_backend() == F32Backend::Packed;
+    if packed {
+        return packed_matmul(a, b, a_transposed, b_transposed, Precision::F32);
+    }
+    let op = |t: &Tensor, transposed: bool| if transposed { t.t() } else { Ok(t.clone()) };
+    op(a, a_transposed)?.matmul(&op(b, b_transposed)?)
+}
+
+/// Runs [`PackedMatmul`] in `precision` (f32 or bf16) after checking the shapes.
+fn packed_matmul(
+    a: &Tensor,
+    b: &Tensor,
+    a_transposed: bool,
+    b_transposed: bool,
+    precision: Precision,
+) -> Result<Tensor> {
     let (a_rows, a_cols) = a.dims2()?;
     let (b_rows, b_cols) = b.dims2()?;
     let inner_a = if a_transposed { a_rows } else { a_cols };
     let inner_b = if b_transposed { b_cols } else { b_rows };
     if inner_a != inner_b {
         bail!(
-            "bf16_matmul: inner dimensions differ: a {:?} (transposed: {a_transposed}), b {:?} (transposed: {b_transposed})",
+            "{precision}_matmul: inner dimensions differ: a {:?} (transposed: {a_transposed}), b {:?} (transposed: {b_transposed})",
             a.dims(),
             b.dims()
         );
     }
     a.contiguous()?.apply_op2(
         &b.contiguous()?,
-        Bf16Matmul {
+        PackedMatmul {
             a_transposed,
             b_transposed,
+            precision,
         },
     )
 }
 
-/// The custom operation behind [`bf16_matmul`].
-struct Bf16Matmul {
+/// The custom operation behind [`bf16_matmul`] and [`f32_matmul`].
+struct PackedMatmul {
     a_transposed: bool,
     b_transposed: bool,
+    /// [`Precision::F32`] or [`Precision::Bf16`].
+    precision: Precision,
 }
 
-impl candle_core::CustomOp2 for Bf16Matmul {
+impl candle_core::CustomOp2 for PackedMatmul {
     fn name(&self) -> &'static str {
-        "bf16-matmul"
+        match self.precision {
+            Precision::Bf16 => "bf16-matmul",
+            _ => "f32-packed-matmul",
+        }
     }
 
     fn cpu_fwd(
@@ -219,15 +267,16 @@ impl candle_core::CustomOp2 for Bf16Matmul {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let op = self.name();
         if s1.dtype() != DType::F32 || s2.dtype() != DType::F32 {
             bail!(
-                "bf16_matmul: operands have dtypes {:?} and {:?}, expected f32",
+                "{op}: operands have dtypes {:?} and {:?}, expected f32",
                 s1.dtype(),
                 s2.dtype()
             );
         }
-        let a_data = contiguous_slice::<f32>(s1, l1, "bf16_matmul", "a")?;
-        let b_data = contiguous_slice::<f32>(s2, l2, "bf16_matmul", "b")?;
+        let a_data = contiguous_slice::<f32>(s1, l1, op, "a")?;
+        let b_data = contiguous_slice::<f32>(s2, l2, op, "b")?;
         let (a_rows, a_cols) = l1.shape().dims2()?;
         let (b_rows, b_cols) = l2.shape().dims2()?;
         let a = if self.a_transposed {
@@ -242,7 +291,11 @@ impl candle_core::CustomOp2 for Bf16Matmul {
         };
         let (m, n) = (a.rows(), b.cols());
         let mut out = vec![0.0f32; m * n];
-        bf16::matmul(a, b, &mut out, n, false);
+        match self.precision {
+            Precision::F32 => F32Gemm::matmul(a, b, &mut out, n, false),
+            Precision::Bf16 => Bf16Gemm::matmul(a, b, &mut out, n, false),
+            Precision::Int8 => bail!("{op}: int8 products serve inference only"),
+        }
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 
@@ -255,15 +308,18 @@ impl candle_core::CustomOp2 for Bf16Matmul {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         // With C = op(a) op(b): dop(a) = dC op(b)^T and dop(b) = op(a)^T dC; a stored
         // transposed operand gets the transpose of its gradient.
+        let product = |x: &Tensor, y: &Tensor, x_transposed: bool, y_transposed: bool| {
+            packed_matmul(x, y, x_transposed, y_transposed, self.precision)
+        };
         let grad_a = if self.a_transposed {
-            bf16_matmul(b, grad, self.b_transposed, true)?
+            product(b, grad, self.b_transposed, true)?
         } else {
-            bf16_matmul(grad, b, false, !self.b_transposed)?
+            product(grad, b, false, !self.b_transposed)?
         };
         let grad_b = if self.b_transposed {
-            bf16_matmul(grad, a, true, self.a_transposed)?
+            product(grad, a, true, self.a_transposed)?
         } else {
-            bf16_matmul(a, grad, !self.a_transposed, false)?
+            product(a, grad, !self.a_transposed, false)?
         };
         Ok((Some(grad_a), Some(grad_b)))
     }
@@ -272,6 +328,7 @@ impl candle_core::CustomOp2 for Bf16Matmul {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::f32gemm::with_f32_backend;
     use crate::rng::Rng;
     use candle_core::{Device, Var};
 
@@ -459,6 +516,105 @@ mod tests {
         {
             assert_close(got, want, 2e-3, &format!("gradient of {name}"));
         }
+    }
+
+    /// Returns the largest difference between `got` and `want`, relative to the largest
+    /// magnitude in `want`.
+    fn relative_difference(got: &[f32], want: &[f32]) -> f32 {
+        assert_eq!(got.len(), want.len(), "lengths differ");
+        let scale = want.iter().fold(0.0f32, |max, v| max.max(v.abs()));
+        let difference = got
+            .iter()
+            .zip(want)
+            .fold(0.0f32, |max, (g, w)| max.max((g - w).abs()));
+        difference / scale.max(f32::MIN_POSITIVE)
+    }
+
+    #[test]
+    fn packed_f32_model_matches_gemm_crate() {
+        use super::super::decoder::decoder_cross_entropy;
+        use super::super::lstm::lstm_sequence;
+        // A one-layer language model: input projection, LSTM, decoder loss, with sizes
+        // that are no multiple of the 8 x 48 register tile.
+        let (time, batch, embedding, hidden, vocab) = (7, 5, 19, 21, 103);
+        let mut rng = Rng::seed(31);
+        let vars = [
+            var(&mut rng, (time * batch, embedding)),
+            var(&mut rng, (4 * hidden, embedding)),
+            var(&mut rng, (4 * hidden, hidden)),
+            var(&mut rng, (batch, hidden)),
+            var(&mut rng, (batch, hidden)),
+            var(&mut rng, (vocab, hidden)),
+        ];
+        let ids: Vec<u32> = (0..time * batch)
+            .map(|_| rng.below(vocab as u64) as u32)
+            .collect();
+        let targets = Tensor::from_vec(ids, time * batch, &Device::Cpu).unwrap();
+        let run = || {
+            let [x, w_ih, w_hh, h0, c0, decoder] = vars.each_ref().map(|v| v.as_tensor());
+            let projected = f32_matmul(x, w_ih, false, true)
+                .unwrap()
+                .reshape((time, batch, 4 * hidden))
+                .unwrap();
+            let output = lstm_sequence(&projected, w_hh, h0, c0).unwrap();
+            let rows = output.outputs.reshape((time * batch, hidden)).unwrap();
+            let loss = decoder_cross_entropy(&rows, decoder, None, &targets).unwrap();
+            loss_and_grads(&vars, loss)
+        };
+        let (loss_packed, grads_packed) = with_f32_backend(F32Backend::Packed, run);
+        let (loss_gemm, grads_gemm) = with_f32_backend(F32Backend::GemmCrate, run);
+        assert!(
+            (loss_packed - loss_gemm).abs() <= 1e-5 * loss_gemm.abs(),
+            "loss: packed {loss_packed}, gemm crate {loss_gemm}"
+        );
+        for (name, (got, want)) in ["x", "W_ih", "W_hh", "h0", "c0", "decoder"]
+            .iter()
+            .zip(grads_packed.iter().zip(&grads_gemm))
+        {
+            let difference = relative_difference(got, want);
+            assert!(
+                difference <= 1e-5,
+                "gradient of {name}: packed and gemm crate differ by {difference} of its largest value"
+            );
+        }
+    }
+
+    #[test]
+    fn packed_f32_weight_matches_f64_product() {
+        // x [3, 5] times W^T for W [50, 5]: one full panel of 48 columns and a partial one.
+        let (m, k, n) = (3, 5, 50);
+        let mut rng = Rng::seed(32);
+        let x = rng.uniform(m * k, -1.0, 1.0);
+        let w = rng.uniform(n * k, -1.0, 1.0);
+        let packed = with_f32_backend(F32Backend::Packed, || {
+            PackedWeight::pack(&w, n, k, Precision::F32)
+        });
+        let Some(packed) = packed else {
+            panic!("f32 weights are packed with the packed backend");
+        };
+        assert_eq!(packed.dims(), (n, k));
+        let mut out = vec![1.0f32; m * n];
+        packed.matmul_transposed(&x, m, &mut out, true);
+        for i in 0..m {
+            for j in 0..n {
+                let exact: f64 = (0..k)
+                    .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
+                    .sum::<f64>()
+                    + 1.0;
+                assert!(
+                    (out[i * n + j] as f64 - exact).abs() < 1e-5,
+                    "[{i}, {j}]: {} vs {exact}",
+                    out[i * n + j]
+                );
+            }
+        }
+        let unpacked = with_f32_backend(F32Backend::GemmCrate, || {
+            PackedWeight::pack(&w, n, k, Precision::F32)
+        });
+        assert!(
+            unpacked.is_none(),
+            "the gemm crate multiplies f32 weights unpacked"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use super::dropout::{uses_cuda_kernels, WeightMask};
 use crate::kernels::cuda::ops::lstm_sequence_stepwise;
 use crate::kernels::lstm::{lstm_sequence_autograd, lstm_sequence_with, LstmSequenceOutput};
-use crate::kernels::precision::{bf16_matmul, linear_packed, PackedWeight, Precision};
+use crate::kernels::precision::{bf16_matmul, f32_matmul, linear_packed, PackedWeight, Precision};
 use crate::rng::Rng;
 
 /// The two weights of one layer packed once for reduced-precision inference.
@@ -144,7 +144,7 @@ impl LstmLayer {
         let weight_ih = param(&self.weight_ih);
         let product = match (packed, precision) {
             (Some(packed), _) => linear_packed(&rows, &weight_ih, Some(&packed.weight_ih))?,
-            (None, Precision::F32) => rows.matmul(&weight_ih.t()?)?,
+            (None, Precision::F32) => f32_matmul(&rows, &weight_ih, false, true)?,
             (None, Precision::Bf16) if input.dtype() == DType::F32 => {
                 bf16_matmul(&rows, &weight_ih, false, true)?
             }
