@@ -72,7 +72,10 @@ fn train_predict_evaluate() {
         .arg("--out")
         .arg(&out)
         .args(["--epochs", "1", "--frozen-epochs", "4", "--batch-size", "4"])
-        .args(["--size", "32", "--lr", "1e-2", "--seed", "3", "--log-json"])
+        .args([
+            "--size", "32", "--lr", "1e-2", "--seed", "3", "--device", "cpu",
+        ])
+        .arg("--log-json")
         .arg(&log));
     for file in ["config.json", "weights.safetensors", "backbone.pth"] {
         assert!(out.join(file).is_file(), "{file} missing");
@@ -97,7 +100,7 @@ fn train_predict_evaluate() {
     let red = data.join("val/red/0.png");
     let blue = data.join("val/blue/1.png");
     let stdout = run(binary()
-        .args(["vision", "predict", "--json", "--model"])
+        .args(["vision", "predict", "--json", "--device", "cpu", "--model"])
         .arg(&out)
         .arg(&red)
         .arg(&blue));
@@ -119,7 +122,7 @@ fn train_predict_evaluate() {
     assert_eq!(lines[1]["label"], "blue");
 
     let report: serde_json::Value = serde_json::from_str(&run(binary()
-        .args(["vision", "evaluate", "--json", "--model"])
+        .args(["vision", "evaluate", "--json", "--device", "cpu", "--model"])
         .arg(&out)
         .arg("--data")
         .arg(&data)))
@@ -151,4 +154,57 @@ fn unknown_backbone_extension_is_rejected() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains(".tflite"), "{stderr}");
+}
+
+/// Returns the stderr of `ulmfit vision SUBCOMMAND --device DEVICE` with placeholder
+/// paths, failing when the command succeeds.
+fn device_error(subcommand: &str, device: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = binary();
+    command.args(["vision", subcommand, "--device", device]);
+    match subcommand {
+        "train" => command
+            .arg("--data")
+            .arg(dir.path())
+            .arg("--backbone")
+            .arg(backbone())
+            .arg("--out")
+            .arg(dir.path().join("model")),
+        "predict" => command
+            .arg("--model")
+            .arg(dir.path())
+            .arg(dir.path().join("a.png")),
+        _ => command
+            .arg("--model")
+            .arg(dir.path())
+            .arg("--data")
+            .arg(dir.path()),
+    };
+    let output = command.output().unwrap();
+    assert!(
+        !output.status.success(),
+        "{subcommand} --device {device} succeeded"
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn invalid_device_is_rejected() {
+    for subcommand in ["train", "predict", "evaluate"] {
+        let stderr = device_error(subcommand, "cuda:x");
+        assert!(stderr.contains("cuda:x"), "{subcommand}: {stderr}");
+        assert!(
+            stderr.contains("is not a non-negative integer"),
+            "{subcommand}: {stderr}"
+        );
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_device_needs_cuda_build() {
+    for subcommand in ["train", "predict", "evaluate"] {
+        let stderr = device_error(subcommand, "cuda");
+        assert!(stderr.contains("--features cuda"), "{subcommand}: {stderr}");
+    }
 }
