@@ -4,9 +4,9 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use candle_core::Device;
 use clap::{Args, Subcommand};
 
+use super::training::{select_device, DeviceSpec, DEVICE_HELP};
 use crate::rng::Rng;
 use crate::train::RunOptions;
 use crate::vision::folder::ImageItem;
@@ -84,6 +84,9 @@ pub struct TrainArgs {
     /// Append one JSON object per epoch to this file.
     #[arg(long, value_name = "FILE")]
     pub log_json: Option<PathBuf>,
+
+    #[arg(long, default_value = "cpu", value_name = "DEVICE", help = DEVICE_HELP)]
+    pub device: DeviceSpec,
 }
 
 /// Arguments of `ulmfit vision predict`.
@@ -105,6 +108,9 @@ pub struct PredictArgs {
     /// Images scored together.
     #[arg(long, default_value_t = 32, value_name = "N")]
     pub batch_size: usize,
+
+    #[arg(long, default_value = "cpu", value_name = "DEVICE", help = DEVICE_HELP)]
+    pub device: DeviceSpec,
 }
 
 /// Arguments of `ulmfit vision evaluate`.
@@ -128,6 +134,9 @@ pub struct EvaluateArgs {
     /// Images scored together.
     #[arg(long, default_value_t = 32, value_name = "N")]
     pub batch_size: usize,
+
+    #[arg(long, default_value = "cpu", value_name = "DEVICE", help = DEVICE_HELP)]
+    pub device: DeviceSpec,
 }
 
 /// Runs a `vision` subcommand.
@@ -154,7 +163,7 @@ fn train(args: TrainArgs, progress: bool) -> anyhow::Result<()> {
     if args.size < 32 {
         bail!("--size {} is too small; use at least 32 pixels", args.size);
     }
-    let device = Device::Cpu;
+    let device = select_device(args.device)?;
     let options = FolderOptions {
         valid_fraction: args.valid_fraction,
         seed: args.seed,
@@ -212,7 +221,7 @@ fn predict(args: PredictArgs) -> anyhow::Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let device = Device::Cpu;
+    let device = select_device(args.device)?;
     let mut model = ImageClassifier::load(&args.model, &device)?;
     let classes = model.config.classes.clone();
     let mut stdout = std::io::stdout().lock();
@@ -267,7 +276,7 @@ fn predict(args: PredictArgs) -> anyhow::Result<()> {
 }
 
 fn evaluate_folder(args: EvaluateArgs) -> anyhow::Result<()> {
-    let device = Device::Cpu;
+    let device = select_device(args.device)?;
     let mut model = ImageClassifier::load(&args.model, &device)?;
     let cache_side = (model.config.size as u32).saturating_mul(3) / 2;
     let (items, skipped) = evaluation_items(&args.data, &model.config.classes, Some(cache_side))?;

@@ -123,7 +123,12 @@ impl AdamW {
         !self.frozen[group] || self.groups[group].params[param].train_frozen
     }
 
-    /// Collects the gradients of the trainable parameters from a backward pass.
+    /// Collects the gradients of the trainable parameters from a backward pass,
+    /// detached from the graph.
+    ///
+    /// Candle's gradient of a variable is computed from the forward activations and
+    /// still refers to them. Without the detach, the moving averages built from it in
+    /// [`Self::step`] would keep every step's activations alive for the whole run.
     pub fn collect_grads(&self, store: &GradStore) -> Grads {
         self.groups
             .iter()
@@ -135,7 +140,7 @@ impl AdamW {
                     .enumerate()
                     .map(|(pi, p)| {
                         if self.is_trainable(gi, pi) {
-                            store.get(p.var.as_tensor()).cloned()
+                            store.get(p.var.as_tensor()).map(Tensor::detach)
                         } else {
                             None
                         }
@@ -359,6 +364,29 @@ mod tests {
             out.push((values(&a), values(&b)));
         }
         out
+    }
+
+    #[test]
+    fn collected_grads_drop_the_graph() {
+        // `w * x` with `x` computed from another variable: the gradient of `w` is built
+        // from `x`, so before the detach it referred to `x` and its graph.
+        let w = var(&[1.0, 2.0]);
+        let source = var(&[3.0, 4.0]);
+        let x = source.as_tensor().exp().unwrap();
+        let loss = (w.as_tensor() * &x).unwrap().sum_all().unwrap();
+        let store = loss.backward().unwrap();
+        assert!(store.get(w.as_tensor()).unwrap().track_op());
+
+        let groups = vec![ParamGroup::new("all", vec![Param::new("w", w.clone())])];
+        let mut opt = AdamW::new(groups, AdamConfig::default()).unwrap();
+        let grads = opt.collect_grads(&store);
+        let collected = grads[0][0].as_ref().unwrap();
+        assert!(!collected.track_op());
+
+        opt.step(&grads, &[0.1], 0.9).unwrap();
+        let (moments, _) = opt.state_tensors();
+        assert!(!moments["w.grad_avg"].track_op());
+        assert!(!moments["w.sqr_avg"].track_op());
     }
 
     // Expected values: fastai 2.8.12 `Adam(params, lr=0.1, wd=...)` with the same

@@ -7,6 +7,7 @@
 
 use candle_core::{Device, Tensor, Var, D};
 
+use super::clamp::clamp;
 use super::depthwise::depthwise_conv2d;
 use super::tflite::{Activation, Model, OperatorKind, Padding, TensorInfo, TensorType, Window};
 use super::{Result, VisionError};
@@ -308,11 +309,8 @@ impl MobileNet {
                 }
             }
         };
-        let out = apply_activation(out, step.activation)?;
-        match step.range {
-            Some((min, max)) if self.clamp_to_quantized_range => Ok(out.clamp(min, max)?),
-            _ => Ok(out),
-        }
+        let range = step.range.filter(|_| self.clamp_to_quantized_range);
+        apply_activation(out, step.activation, range)
     }
 }
 
@@ -581,19 +579,38 @@ fn flatten_nhwc(x: &Tensor) -> Result<Tensor> {
     Ok(nhwc.flatten_from(1)?)
 }
 
-fn apply_activation(x: Tensor, activation: Activation) -> Result<Tensor> {
-    Ok(match activation {
-        Activation::None => x,
-        Activation::Relu => x.relu()?,
-        Activation::Relu6 => x.clamp(0f32, 6f32)?,
-        Activation::ReluN1To1 => x.clamp(-1f32, 1f32)?,
-        Activation::Tanh => x.tanh()?,
+/// Applies a fused activation, then clamps to `range` when given. The clamping
+/// activations and the range clamp run as one [`clamp`] with the intersected bounds, so
+/// a training step keeps one tensor for both.
+fn apply_activation(
+    x: Tensor,
+    activation: Activation,
+    range: Option<(f32, f32)>,
+) -> Result<Tensor> {
+    let (x, (low, high)) = match activation {
+        Activation::None => (x, (f32::NEG_INFINITY, f32::INFINITY)),
+        Activation::Relu => (x, (0.0, f32::INFINITY)),
+        Activation::Relu6 => (x, (0.0, 6.0)),
+        Activation::ReluN1To1 => (x, (-1.0, 1.0)),
+        Activation::Tanh => (x.tanh()?, (f32::NEG_INFINITY, f32::INFINITY)),
         Activation::SignBit => {
             return Err(VisionError::Unsupported(
                 "the SIGN_BIT activation".to_string(),
             ))
         }
-    })
+    };
+    let Some((min, max)) = range else {
+        if low == f32::NEG_INFINITY && high == f32::INFINITY {
+            return Ok(x);
+        }
+        return Ok(clamp(&x, low, high)?);
+    };
+    if low.max(min) <= high.min(max) {
+        Ok(clamp(&x, low.max(min), high.min(max))?)
+    } else {
+        // Disjoint ranges: clamping twice gives the range end nearest the activation's.
+        Ok(clamp(&clamp(&x, low, high)?, min, max)?)
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! resizes images into the input tensors the models expect.
 
 pub mod augment;
+pub mod clamp;
 pub mod depthwise;
 mod flatbuffer;
 pub mod folder;
