@@ -8,10 +8,10 @@
 //! and from the f32 sums.
 //!
 //! Layout, with `k` grouped into pairs (an odd `k` gets one zero pad):
-//! - [`PackedA`] is row-major: row `i` holds `ceil(k / 2)` 32-bit words, each two bf16
+//! - [`PackedA`] is row-major: row `i` contains `ceil(k / 2)` 32-bit words, each two bf16
 //!   values `(a[i, 2q], a[i, 2q + 1])`. Rows are padded with zeros to a multiple of
 //!   [`MR`]. The micro-kernel broadcasts one word per row.
-//! - [`PackedB`] is cut into panels of [`NR`] columns. Panel `p` holds, for every pair
+//! - [`PackedB`] is cut into panels of [`NR`] columns. Panel `p` contains, for every pair
 //!   `q`, the [`NR`] words `(b[2q, j], b[2q + 1, j])` of its columns, so one 64-byte load
 //!   reads 16 columns.
 //!
@@ -382,7 +382,7 @@ mod avx512 {
     /// Converts a contiguous row into pair words with `vcvtne2ps2bf16`.
     ///
     /// # Safety
-    /// The CPU must have AVX512F and AVX512-BF16; `out` holds `ceil(row.len() / 2)`
+    /// The CPU must have AVX512F and AVX512-BF16; `out` contains `ceil(row.len() / 2)`
     /// words.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub unsafe fn pack_row(row: &[f32], out: &mut [u32]) {
@@ -408,8 +408,8 @@ mod avx512 {
     /// One `MR x NR` tile over `kc` pairs: `c (+)= a b`.
     ///
     /// # Safety
-    /// The CPU must have AVX512F and AVX512-BF16. `a` holds [`MR`] rows of `kc` words
-    /// at row stride `a_stride`, `b` holds `kc * NR` words, and `c` points to `rows`
+    /// The CPU must have AVX512F and AVX512-BF16. `a` contains [`MR`] rows of `kc` words
+    /// at row stride `a_stride`, `b` contains `kc * NR` words, and `c` points to `rows`
     /// rows of `cols` writable values with row stride `ldc`.
     #[target_feature(enable = "avx512f,avx512bf16")]
     #[allow(clippy::too_many_arguments)]
@@ -449,29 +449,11 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::packed::test_support::{reference, view};
     use crate::rng::Rng;
 
     fn random(rng: &mut Rng, count: usize) -> Vec<f32> {
         rng.uniform(count, -1.0, 1.0)
-    }
-
-    /// Returns `(exact, bound)` for each output: the f64 product of the bf16-rounded
-    /// inputs, and `sum |a| |b|`, which scales the rounding error.
-    fn reference(a: MatRef<'_>, b: MatRef<'_>) -> (Vec<f64>, Vec<f64>) {
-        let (m, k, n) = (a.rows(), a.cols(), b.cols());
-        let mut exact = vec![0.0; m * n];
-        let mut bound = vec![0.0; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                for p in 0..k {
-                    let x = round_to_bf16(a.at(i, p)) as f64;
-                    let y = round_to_bf16(b.at(p, j)) as f64;
-                    exact[i * n + j] += x * y;
-                    bound[i * n + j] += (a.at(i, p) as f64 * b.at(p, j) as f64).abs();
-                }
-            }
-        }
-        (exact, bound)
     }
 
     fn kernels() -> Vec<Bf16Kernel> {
@@ -488,17 +470,9 @@ mod tests {
         let mut rng = Rng::seed((m * 1000 + k * 10 + n) as u64);
         let a_data = random(&mut rng, m * k);
         let b_data = random(&mut rng, k * n);
-        let a = if a_transposed {
-            MatRef::transposed(&a_data, m, k)
-        } else {
-            MatRef::row_major(&a_data, m, k)
-        };
-        let b = if b_transposed {
-            MatRef::transposed(&b_data, k, n)
-        } else {
-            MatRef::row_major(&b_data, k, n)
-        };
-        let (exact, bound) = reference(a, b);
+        let a = view(&a_data, m, k, a_transposed);
+        let b = view(&b_data, k, n, b_transposed);
+        let (exact, bound) = reference(a, b, round_to_bf16);
         let start = random(&mut rng, m * n);
         let packed_a = PackedA::pack(a);
         let packed_b = PackedB::pack(b);

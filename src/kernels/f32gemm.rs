@@ -6,10 +6,10 @@
 //! 24 `vfmadd231ps`.
 //!
 //! Layout of the packed operands:
-//! - [`PackedA`] is cut into groups of [`MR`] rows. Group `g` holds, for every `p` in
+//! - [`PackedA`] is cut into groups of [`MR`] rows. Group `g` contains, for every `p` in
 //!   `0..k`, the [`MR`] values `a[g MR + r, p]`, so the micro-kernel reads A in order.
 //!   The last group is padded with zero rows.
-//! - [`PackedB`] is cut into panels of [`NR`] columns. Panel `q` holds, for every `p`,
+//! - [`PackedB`] is cut into panels of [`NR`] columns. Panel `q` contains, for every `p`,
 //!   the [`NR`] values `b[p, q NR + c]`, padded with zero columns.
 //!
 //! [`F32Kernel::detect`] picks the AVX-512 micro-kernel at run time and falls back to a
@@ -328,7 +328,7 @@ mod avx512 {
     /// One `MR x NR` tile over `kc` steps: `c (+)= a b`.
     ///
     /// # Safety
-    /// The CPU must have AVX512F. `a` holds `kc * MR` values, `b` holds `kc * NR`, and
+    /// The CPU must have AVX512F. `a` contains `kc * MR` values, `b` contains `kc * NR`, and
     /// `c` points to `rows` rows of `cols` writable values with row stride `ldc`.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
@@ -366,28 +366,11 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::packed::test_support::{reference, view};
     use crate::rng::Rng;
 
     fn random(rng: &mut Rng, count: usize) -> Vec<f32> {
         rng.uniform(count, -1.0, 1.0)
-    }
-
-    /// Returns `(exact, bound)` for each output: the f64 product, and `sum |a| |b|`,
-    /// which scales the f32 rounding error.
-    fn reference(a: MatRef<'_>, b: MatRef<'_>) -> (Vec<f64>, Vec<f64>) {
-        let (m, k, n) = (a.rows(), a.cols(), b.cols());
-        let mut exact = vec![0.0; m * n];
-        let mut bound = vec![0.0; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                for p in 0..k {
-                    let product = a.at(i, p) as f64 * b.at(p, j) as f64;
-                    exact[i * n + j] += product;
-                    bound[i * n + j] += product.abs();
-                }
-            }
-        }
-        (exact, bound)
     }
 
     fn kernels() -> Vec<F32Kernel> {
@@ -405,17 +388,9 @@ mod tests {
         let mut rng = Rng::seed((m * 1000 + k * 10 + n) as u64);
         let a_data = random(&mut rng, m * k);
         let b_data = random(&mut rng, k * n);
-        let a = if a_transposed {
-            MatRef::transposed(&a_data, m, k)
-        } else {
-            MatRef::row_major(&a_data, m, k)
-        };
-        let b = if b_transposed {
-            MatRef::transposed(&b_data, k, n)
-        } else {
-            MatRef::row_major(&b_data, k, n)
-        };
-        let (exact, bound) = reference(a, b);
+        let a = view(&a_data, m, k, a_transposed);
+        let b = view(&b_data, k, n, b_transposed);
+        let (exact, bound) = reference(a, b, |x| x);
         let start = random(&mut rng, m * n);
         let packed_a = PackedA::pack(a);
         let packed_b = PackedB::pack(b);

@@ -350,8 +350,8 @@ mod avx512 {
     /// One `MR x NR` tile with `vpdpbusd`.
     ///
     /// # Safety
-    /// The CPU must have AVX512F and AVX512-VNNI. `a` holds [`MR`] rows of `groups`
-    /// words, `b` holds `groups * NR` words, the epilogue slices hold [`MR`] and [`NR`]
+    /// The CPU must have AVX512F and AVX512-VNNI. `a` contains [`MR`] rows of `groups`
+    /// words, `b` contains `groups * NR` words, the epilogue slices contain [`MR`] and [`NR`]
     /// values, and `c` points to `rows` rows of `cols` writable values with row stride
     /// `ldc`.
     #[target_feature(enable = "avx512f,avx512vnni")]

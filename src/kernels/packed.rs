@@ -112,7 +112,7 @@ impl OutPtr {
     }
 }
 
-/// Checks that `c` with row stride `ldc` holds `[m, n]`, and handles the products
+/// Checks that `c` with row stride `ldc` contains `[m, n]`, and handles the products
 /// that need no tile: `m` or `n` zero, and `depth` zero (where `c = A B` clears `c`).
 /// Returns whether the tiles still have to run.
 ///
@@ -414,6 +414,45 @@ pub(crate) fn fill_groups<T: Send>(
         out.chunks_mut(group_len)
             .enumerate()
             .for_each(|(index, chunk)| fill(index, chunk));
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    //! Reference products shared by the kernels' tests.
+
+    use super::MatRef;
+
+    /// Returns a view of `data` as `[rows, cols]`, stored transposed when `transposed`.
+    pub(crate) fn view(data: &[f32], rows: usize, cols: usize, transposed: bool) -> MatRef<'_> {
+        if transposed {
+            MatRef::transposed(data, rows, cols)
+        } else {
+            MatRef::row_major(data, rows, cols)
+        }
+    }
+
+    /// Returns `(exact, bound)` for each output of `a b`: the f64 product of the inputs
+    /// after `round`, and `sum |a| |b|` of the unrounded inputs, which scales the
+    /// rounding error.
+    pub(crate) fn reference(
+        a: MatRef<'_>,
+        b: MatRef<'_>,
+        round: impl Fn(f32) -> f32,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let (m, k, n) = (a.rows(), a.cols(), b.cols());
+        let mut exact = vec![0.0; m * n];
+        let mut bound = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                for p in 0..k {
+                    let (x, y) = (a.at(i, p), b.at(p, j));
+                    exact[i * n + j] += round(x) as f64 * round(y) as f64;
+                    bound[i * n + j] += (x as f64 * y as f64).abs();
+                }
+            }
+        }
+        (exact, bound)
     }
 }
 

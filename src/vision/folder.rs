@@ -201,7 +201,7 @@ pub fn read_image_folder(dir: &Path, options: &FolderOptions) -> Result<ImageDat
     let (train_files, valid_files) = match split_layout(dir) {
         Some((train, valid)) => (class_files(&train)?, class_files(&valid)?),
         None => {
-            // A train/ folder without val/ holds the classes; test/ is never a class.
+            // A train/ folder without val/ contains the classes; test/ is never a class.
             let root = if dir.join("train").is_dir() {
                 dir.join("train")
             } else {

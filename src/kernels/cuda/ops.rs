@@ -469,7 +469,7 @@ pub fn concat_pool(outputs: &Tensor, lengths: &[u32]) -> Result<Tensor> {
     outputs.contiguous()?.apply_op1(op)
 }
 
-/// The pooling operation; `lengths_tensor` holds `lengths` on the outputs' device.
+/// The pooling operation; `lengths_tensor` contains `lengths` on the outputs' device.
 struct ConcatPoolOp {
     lengths: Vec<u32>,
     #[cfg(feature = "cuda")]
