@@ -8,27 +8,21 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use super::data::DataArgs;
-use super::precision::ScorePrecision;
-use super::training::{select_device, DeviceSpec, DEVICE_HELP};
+use super::predict::ScoringArgs;
 use crate::model::classifier::argmax;
 use crate::pipeline::baseline::{FitOptions, TfidfLogisticBaseline};
 use crate::pipeline::class_report::{
     classification_report, multi_label_report, ClassificationReport,
 };
 use crate::pipeline::classify::split_labels;
-use crate::pipeline::predict::{
-    ensemble_probabilities, load_ensemble, MultiLabel, DEFAULT_PREDICT_BATCH,
-};
+use crate::pipeline::predict::{ensemble_probabilities, MultiLabel};
 use crate::text::readers::{read_all, Document, LabelRequirement};
 
 /// Arguments of `ulmfit evaluate`.
 #[derive(Debug, Args)]
 pub struct EvaluateArgs {
-    /// Classifier folder from `ulmfit classify` (repeatable: probabilities are averaged,
-    /// as for a forward and backward ensemble). Default: `checkpoints/imdb-sentiment` in
-    /// the crate folder.
-    #[arg(long, value_name = "DIR")]
-    pub model: Vec<PathBuf>,
+    #[command(flatten)]
+    pub scoring: ScoringArgs,
 
     /// Labelled evaluation data: class folders, CSV or JSONL (see `--format`). Every
     /// label must be a class of the model. For a multi-label classifier, a label lists
@@ -50,17 +44,6 @@ pub struct EvaluateArgs {
     /// `--data`. Single-label classifiers only.
     #[arg(long, value_name = "TRAIN_PATH")]
     pub baseline: Option<PathBuf>,
-
-    /// Texts scored together.
-    #[arg(long, default_value_t = DEFAULT_PREDICT_BATCH, value_name = "N")]
-    pub batch_size: usize,
-
-    /// Format of the encoder's matrix products, as for `predict --precision`.
-    #[arg(long, value_enum, default_value = "f32", value_name = "FORMAT")]
-    pub precision: ScorePrecision,
-
-    #[arg(long, default_value = "cpu", value_name = "DEVICE", help = DEVICE_HELP)]
-    pub device: DeviceSpec,
 
     #[command(flatten)]
     pub data_options: DataArgs,
@@ -117,27 +100,8 @@ fn true_classes(
 
 /// Runs `ulmfit evaluate`.
 pub fn run(args: EvaluateArgs) -> anyhow::Result<()> {
-    if args.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
-    }
-    let dirs = if args.model.is_empty() {
-        let dir = super::predict::default_model();
-        if !dir.join("config.json").exists() {
-            bail!(
-                "no --model given and the default model {} does not exist yet; train one with `ulmfit classify --out DIR` and pass --model DIR",
-                dir.display()
-            );
-        }
-        vec![dir]
-    } else {
-        args.model.clone()
-    };
-    let precision = args.precision.checked()?;
-    let device = select_device(args.device)?;
-    let mut models = load_ensemble(&dirs, &device)?;
-    for model in &mut models {
-        model.set_precision(precision)?;
-    }
+    let models = args.scoring.load_models()?;
+    let dirs: Vec<PathBuf> = models.iter().map(|model| model.dir.clone()).collect();
     let folder = models[0].config.clone();
     let classes = &folder.classes;
 
@@ -153,7 +117,7 @@ pub fn run(args: EvaluateArgs) -> anyhow::Result<()> {
         texts.len(),
         models.len()
     );
-    let probabilities = ensemble_probabilities(&models, &texts, args.batch_size)?;
+    let probabilities = ensemble_probabilities(&models, &texts, args.scoring.batch_size)?;
     let report = match (&truth, &folder.multi_label) {
         (Truth::Single(truth), _) => {
             let predicted: Vec<usize> = probabilities.iter().map(|row| argmax(row)).collect();

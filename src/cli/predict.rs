@@ -10,17 +10,14 @@ use super::data::DataArgs;
 use super::precision::ScorePrecision;
 use super::training::{select_device, DeviceSpec, DEVICE_HELP};
 use crate::api::to_prediction;
-use crate::pipeline::predict::{LoadedClassifier, DEFAULT_PREDICT_BATCH};
+use crate::pipeline::predict::{load_ensemble, LoadedClassifier, DEFAULT_PREDICT_BATCH};
 use crate::text::readers::{detect_format, read_all, Format, LabelRequirement};
 
 /// Arguments of `ulmfit predict`.
 #[derive(Debug, Args)]
 pub struct PredictArgs {
-    /// Classifier folder from `ulmfit classify` (repeatable: probabilities are averaged,
-    /// as for a forward and backward ensemble). Default: `checkpoints/imdb-sentiment` in
-    /// the crate folder.
-    #[arg(long, value_name = "DIR")]
-    pub model: Vec<PathBuf>,
+    #[command(flatten)]
+    pub scoring: ScoringArgs,
 
     /// Texts to score. With neither texts nor `--input`, lines are read from stdin.
     #[arg(value_name = "TEXT")]
@@ -41,6 +38,20 @@ pub struct PredictArgs {
     #[arg(long)]
     pub csv: bool,
 
+    #[command(flatten)]
+    pub data_options: DataArgs,
+}
+
+/// Options of the commands that score texts with classifier folders (`predict`,
+/// `evaluate`).
+#[derive(Debug, Args)]
+pub struct ScoringArgs {
+    /// Classifier folder from `ulmfit classify` (repeatable: probabilities are averaged,
+    /// as for a forward and backward ensemble). Default: `checkpoints/imdb-sentiment` in
+    /// the crate folder.
+    #[arg(long, value_name = "DIR")]
+    pub model: Vec<PathBuf>,
+
     /// Texts scored together.
     #[arg(long, default_value_t = DEFAULT_PREDICT_BATCH, value_name = "N")]
     pub batch_size: usize,
@@ -55,9 +66,35 @@ pub struct PredictArgs {
 
     #[arg(long, default_value = "cpu", value_name = "DEVICE", help = DEVICE_HELP)]
     pub device: DeviceSpec,
+}
 
-    #[command(flatten)]
-    pub data_options: DataArgs,
+impl ScoringArgs {
+    /// Checks the options and loads the `--model` folders (or the default model) as one
+    /// ensemble on `--device`, with the products in `--precision`.
+    pub fn load_models(&self) -> anyhow::Result<Vec<LoadedClassifier>> {
+        if self.batch_size == 0 {
+            bail!("invalid --batch-size 0: it must be at least 1");
+        }
+        let dirs = if self.model.is_empty() {
+            let dir = default_model();
+            if !dir.join("config.json").exists() {
+                bail!(
+                    "no --model given and the default model {} does not exist yet; train one with `ulmfit classify --out DIR` and pass --model DIR",
+                    dir.display()
+                );
+            }
+            vec![dir]
+        } else {
+            self.model.clone()
+        };
+        let precision = self.precision.checked()?;
+        let device = select_device(self.device)?;
+        let mut models = load_ensemble(&dirs, &device)?;
+        for model in &mut models {
+            model.set_precision(precision)?;
+        }
+        Ok(models)
+    }
 }
 
 /// Returns the default classifier folder, `checkpoints/imdb-sentiment` in the crate.
@@ -88,49 +125,8 @@ fn read_input(path: &Path, options: &DataArgs) -> anyhow::Result<Vec<String>> {
 
 /// Runs `ulmfit predict`.
 pub fn run(args: PredictArgs) -> anyhow::Result<()> {
-    if args.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
-    }
-    let dirs = if args.model.is_empty() {
-        let dir = default_model();
-        if !dir.join("config.json").exists() {
-            bail!(
-                "no --model given and the default model {} does not exist yet; train one with `ulmfit classify --out DIR` and pass --model DIR",
-                dir.display()
-            );
-        }
-        vec![dir]
-    } else {
-        args.model.clone()
-    };
-    let precision = args.precision.checked()?;
-    let device = select_device(args.device)?;
-    let mut models: Vec<LoadedClassifier> = dirs
-        .iter()
-        .map(|dir| LoadedClassifier::load_on(dir, &device))
-        .collect::<anyhow::Result<_>>()?;
-    for model in &mut models {
-        model.set_precision(precision)?;
-    }
+    let models = args.scoring.load_models()?;
     let classes = models[0].config.classes.clone();
-    for model in &models[1..] {
-        if model.config.classes != classes {
-            bail!(
-                "{} has classes [{}] but {} has [{}]; an ensemble needs the same classes in the same order",
-                model.dir.display(),
-                model.config.classes.join(", "),
-                models[0].dir.display(),
-                classes.join(", ")
-            );
-        }
-        if model.config.multi_label != models[0].config.multi_label {
-            bail!(
-                "{} and {} differ in multi-label settings; an ensemble needs the same ones",
-                model.dir.display(),
-                models[0].dir.display()
-            );
-        }
-    }
     let folder = &models[0].config;
     // A multi-label prediction is every class over the threshold, joined for text output.
     let label_text = |row: &[f32]| -> String {
@@ -152,7 +148,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let mut average = vec![vec![0.0f32; classes.len()]; refs.len()];
     for model in &models {
-        let probabilities = model.probabilities(&refs, args.batch_size)?;
+        let probabilities = model.probabilities(&refs, args.scoring.batch_size)?;
         for (sum, row) in average.iter_mut().zip(probabilities) {
             for (s, p) in sum.iter_mut().zip(row) {
                 *s += p / models.len() as f32;
