@@ -1,0 +1,97 @@
+//! The shipped IMDb sentiment classifier through the binary: `predict` and `evaluate`
+//! without `--model` use `checkpoints/imdb-sentiment` from any working folder, and the
+//! model scores real IMDb test reviews.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn ulmfit_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ulmfit"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the binary starts")
+}
+
+fn stdout_of(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "ulmfit failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn shipped_model() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("checkpoints/imdb-sentiment")
+}
+
+#[test]
+fn default_model_works_from_any_folder() {
+    assert!(
+        shipped_model().join("config.json").is_file(),
+        "checkpoints/imdb-sentiment is missing"
+    );
+    let elsewhere = tempfile::tempdir().unwrap();
+    let output = ulmfit_in(
+        elsewhere.path(),
+        &[
+            "predict",
+            "--json",
+            "A wonderful film. The acting is superb and I loved every minute of it.",
+            "Dull, boring and far too long. The worst movie I have seen in years.",
+            "",
+        ],
+    );
+    let lines: Vec<serde_json::Value> = stdout_of(&output)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["label"], "pos");
+    assert_eq!(lines[1]["label"], "neg");
+    for line in &lines {
+        let probabilities = line["probabilities"].as_object().unwrap();
+        assert_eq!(probabilities.len(), 2);
+        let sum: f64 = probabilities.values().map(|p| p.as_f64().unwrap()).sum();
+        assert!((sum - 1.0).abs() < 1e-5, "probabilities sum to {sum}");
+    }
+    assert!(lines[0]["probabilities"]["pos"].as_f64().unwrap() > 0.8);
+    assert!(lines[1]["probabilities"]["neg"].as_f64().unwrap() > 0.8);
+}
+
+/// Scores the 222 test reviews whose file names start with `99` (111 per class).
+#[test]
+fn default_model_scores_imdb_test_sample() {
+    let Some(shared) = common::shared_dir("default_model_scores_imdb_test_sample") else {
+        return;
+    };
+    let archive = shared.join("data/imdb/aclImdb-labelled.tar.gz");
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new("tar")
+        .arg("-xzf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(dir.path())
+        .args([
+            "--wildcards",
+            "aclImdb/test/pos/99*_*.txt",
+            "aclImdb/test/neg/99*_*.txt",
+        ])
+        .status()
+        .expect("tar starts");
+    assert!(status.success(), "failed to unpack {}", archive.display());
+    let data = dir.path().join("aclImdb/test");
+    let output = ulmfit_in(
+        dir.path(),
+        &["evaluate", "--data", data.to_str().unwrap(), "--json"],
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout_of(&output)).unwrap();
+    assert_eq!(report["examples"], 222);
+    assert_eq!(report["per_class"]["pos"]["support"], 111);
+    assert_eq!(report["per_class"]["neg"]["support"], 111);
+    let accuracy = report["accuracy"].as_f64().unwrap();
+    assert!(accuracy >= 0.85, "accuracy {accuracy} on 222 test reviews");
+}
