@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
 
 use super::data::DataArgs;
 use super::precision::TrainPrecision;
@@ -446,7 +447,9 @@ pub fn run(mut args: ClassifyArgs, progress: bool) -> anyhow::Result<()> {
     let records = outcome.records;
     // The moving averages reflect the last few batches, which under sortish order
     // contain documents of one length range. The saved model uses the whole set's.
-    task.set_population_statistics()?;
+    let bar = statistics_bar(progress, task.train_documents());
+    task.set_population_statistics(&mut |documents| bar.inc(documents as u64))?;
+    bar.finish_and_clear();
     let final_metrics = task.validate()?;
 
     let folder = ClassifierFolderConfig {
@@ -474,6 +477,21 @@ pub fn run(mut args: ClassifyArgs, progress: bool) -> anyhow::Result<()> {
     summary["metrics"] = per_class.into();
     println!("{summary}");
     Ok(())
+}
+
+/// Returns a progress bar over the training documents of the BatchNorm statistics
+/// pass on stderr, hidden with `--quiet`.
+fn statistics_bar(visible: bool, documents: usize) -> ProgressBar {
+    if !visible {
+        return ProgressBar::hidden();
+    }
+    ProgressBar::new(documents as u64)
+        .with_style(
+            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} documents, eta {eta}")
+                .map(|style| style.progress_chars("=> "))
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        )
+        .with_message("BatchNorm statistics")
 }
 
 /// Renames `precision_3` to `precision_<class 3>`; other names stay.

@@ -432,6 +432,17 @@ impl Classifier {
         documents: &[&[u32]],
         batch_size: usize,
     ) -> Result<()> {
+        self.set_population_statistics_with_progress(documents, batch_size, &mut |_| {})
+    }
+
+    /// Runs [`Self::set_population_statistics`] and calls `on_batch` with the number of
+    /// documents of each encoder batch once it is pooled.
+    pub fn set_population_statistics_with_progress(
+        &mut self,
+        documents: &[&[u32]],
+        batch_size: usize,
+        on_batch: &mut dyn FnMut(usize),
+    ) -> Result<()> {
         if documents.len() < 2 {
             return Err(ModelError::InvalidInput(format!(
                 "population statistics need at least 2 documents, got {}",
@@ -445,6 +456,7 @@ impl Classifier {
         for chunk in order.chunks(batch_size.max(1)) {
             let batch: Vec<&[u32]> = chunk.iter().map(|&i| documents[i]).collect();
             pooled.push(self.pool(&batch, false, &[], &mut unused)?);
+            on_batch(batch.len());
         }
         // Row order does not matter for the statistics.
         let mut x = Tensor::cat(&pooled, 0)?.to_dtype(DType::F64)?;
@@ -937,6 +949,18 @@ mod tests {
         let (means, variances) = column_stats(&hidden.to_vec2::<f32>().unwrap());
         assert_close(&model.head[1].running_mean, &means, "block 1 mean");
         assert_close(&model.head[1].running_var, &variances, "block 1 variance");
+    }
+
+    #[test]
+    fn population_stats_report_each_batch() {
+        let mut model = small();
+        let docs = documents();
+        let refs: Vec<&[u32]> = docs.iter().map(Vec::as_slice).collect();
+        let mut batches = Vec::new();
+        model
+            .set_population_statistics_with_progress(&refs, 3, &mut |n| batches.push(n))
+            .unwrap();
+        assert_eq!(batches, vec![3, refs.len() - 3]);
     }
 
     #[test]

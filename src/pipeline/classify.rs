@@ -352,12 +352,24 @@ impl ClassifierTask {
     }
 
     /// Sets the head's BatchNorm running statistics to their values over the whole
-    /// training set (see [`Classifier::set_population_statistics`]).
-    pub fn set_population_statistics(&mut self) -> anyhow::Result<()> {
+    /// training set (see [`Classifier::set_population_statistics`]), calling `on_batch`
+    /// with the number of documents of each pooled batch.
+    pub fn set_population_statistics(
+        &mut self,
+        on_batch: &mut dyn FnMut(usize),
+    ) -> anyhow::Result<()> {
         let documents: Vec<&[u32]> = self.train.ids.iter().map(Vec::as_slice).collect();
-        self.model
-            .set_population_statistics(&documents, self.batch_size)?;
+        self.model.set_population_statistics_with_progress(
+            &documents,
+            self.batch_size,
+            on_batch,
+        )?;
         Ok(())
+    }
+
+    /// Returns the number of training documents.
+    pub fn train_documents(&self) -> usize {
+        self.train.ids.len()
     }
 
     /// The model.
