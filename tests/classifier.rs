@@ -578,19 +578,26 @@ fn classify_resume_matches_uninterrupted_run() {
     };
     assert_eq!(weights(&parted), weights(&full));
 
-    // Resuming with another learning rate is an error that names it.
-    let message = ulmfit_fails(&[
-        "classify",
-        "--encoder",
-        lm.as_str(),
-        "--data",
-        train_arg,
-        "--resume",
-        parted.to_str().unwrap(),
-        "--lr",
-        "0.5",
-    ]);
+    // Resuming with another learning rate or precision is an error that names it.
+    let resume_with = |option: &str, value: &str| {
+        ulmfit_fails(&[
+            "classify",
+            "--encoder",
+            lm.as_str(),
+            "--data",
+            train_arg,
+            "--resume",
+            parted.to_str().unwrap(),
+            option,
+            value,
+        ])
+    };
+    let message = resume_with("--lr", "0.5");
     assert!(message.contains("lr"), "{message}");
+    let saved = std::fs::read_to_string(parted.join("classify.json")).unwrap();
+    assert!(saved.contains("\"precision\": \"f32\""), "{saved}");
+    let message = resume_with("--precision", "bf16");
+    assert!(message.contains("precision"), "{message}");
 }
 
 #[test]
@@ -629,4 +636,15 @@ fn lm_finetune_resume_matches_uninterrupted_run() {
     let full_weights = std::fs::read(full.join("model.safetensors")).unwrap();
     let resumed_weights = std::fs::read(parted.join("model.safetensors")).unwrap();
     assert!(full_weights == resumed_weights, "resumed weights differ");
+
+    let saved = std::fs::read_to_string(parted.join("lm-finetune.json")).unwrap();
+    assert!(saved.contains("\"precision\": \"f32\""), "{saved}");
+    let message = ulmfit_fails(&[
+        "lm-finetune",
+        "--resume",
+        parted.to_str().unwrap(),
+        "--precision",
+        "bf16",
+    ]);
+    assert!(message.contains("precision"), "{message}");
 }

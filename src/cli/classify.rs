@@ -185,6 +185,8 @@ struct RunSettings {
     batch_order: BatchOrder,
     seed: u64,
     save_every: Option<usize>,
+    #[serde(default)]
+    precision: TrainPrecision,
 }
 
 impl RunSettings {
@@ -206,6 +208,7 @@ impl RunSettings {
             batch_order: args.batch_order,
             seed: args.seed,
             save_every: args.save_every,
+            precision: args.precision,
         }
     }
 
@@ -226,6 +229,7 @@ impl RunSettings {
         args.batch_order = self.batch_order;
         args.seed = self.seed;
         args.save_every = self.save_every;
+        args.precision = self.precision;
     }
 }
 

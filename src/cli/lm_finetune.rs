@@ -89,6 +89,12 @@ pub struct LmFinetuneSettings {
     /// The vocabulary is still built from every document [default: all].
     #[arg(long, value_name = "N")]
     pub max_documents: Option<usize>,
+
+    /// Format of the matrix products of the LSTM layers and the decoder: f32, or bf16
+    /// (inputs rounded to bfloat16, f32 sums, parameters kept in f32). bf16 needs a CPU
+    /// with AVX512-BF16; without it the command fails [default: f32].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub precision: Option<TrainPrecision>,
 }
 
 impl LmFinetuneSettings {
@@ -110,6 +116,7 @@ impl LmFinetuneSettings {
             min_freq: Some(self.min_freq.unwrap_or(DEFAULT_MIN_FREQ)),
             max_vocab: Some(self.max_vocab.unwrap_or(DEFAULT_MAX_VOCAB)),
             max_documents: self.max_documents,
+            precision: Some(self.precision.unwrap_or_default()),
         }
     }
 }
@@ -137,12 +144,6 @@ pub struct LmFinetuneArgs {
 
     #[arg(long, default_value = "cpu", value_name = "DEVICE", help = DEVICE_HELP)]
     pub device: DeviceSpec,
-
-    /// Format of the matrix products of the LSTM layers and the decoder: f32, or bf16
-    /// (inputs rounded to bfloat16, f32 sums, parameters kept in f32). bf16 needs a CPU
-    /// with AVX512-BF16; without it the command fails.
-    #[arg(long, value_enum, default_value = "f32", value_name = "FORMAT")]
-    pub precision: TrainPrecision,
 
     /// Stop after this many optimizer steps, leaving a checkpoint to resume from.
     #[arg(long, value_name = "N", hide = true)]
@@ -230,7 +231,7 @@ pub fn run(args: LmFinetuneArgs, progress: bool) -> anyhow::Result<()> {
     }
     let drop_mult = settings.drop_mult.unwrap_or(FINETUNE_DROPOUT_MULTIPLIER);
     let mut model = prepare_model(&loaded.model, &loaded.vocab, &vocab, drop_mult)?;
-    model.set_precision(args.precision.checked()?);
+    model.set_precision(settings.precision.unwrap_or_default().checked()?);
     tracing::info!(
         "target vocabulary of {} tokens ({} in the pretrained one)",
         vocab.len(),

@@ -5,7 +5,10 @@ use clap::ValueEnum;
 use crate::kernels::precision::Precision;
 
 /// Formats accepted by the training commands' `--precision`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum TrainPrecision {
     /// 32-bit floats throughout.
     #[default]
