@@ -621,6 +621,17 @@ mod tests {
         assert_eq!(classes, ["1", "2", "10"]);
     }
 
+    /// A resumed run compares each stage's saved settings with recomputed ones, so the
+    /// learning rates must read back from JSON bit for bit.
+    #[test]
+    fn stage_rates_survive_json() {
+        for stage in gradual_unfreezing(0.02, 1) {
+            let text = serde_json::to_string(&stage.lr).unwrap();
+            let back: LrSpec = serde_json::from_str(&text).unwrap();
+            assert_eq!(back, stage.lr, "{text}");
+        }
+    }
+
     #[test]
     fn balanced_weights_by_hand() {
         // 3 of class 0, 1 of class 1: 4 / (2 * 3) and 4 / (2 * 1).
