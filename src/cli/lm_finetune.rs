@@ -92,7 +92,7 @@ pub struct LmFinetuneSettings {
 
     /// Format of the matrix products of the LSTM layers and the decoder: f32, or bf16
     /// (inputs rounded to bfloat16, f32 sums, parameters kept in f32). bf16 needs a CPU
-    /// with AVX512-BF16; without it the command fails [default: f32].
+    /// with AVX512-BF16, and without it the command fails [default: f32].
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub precision: Option<TrainPrecision>,
 }
