@@ -33,6 +33,7 @@
 //! # }
 //! ```
 
+pub mod alloc;
 pub mod api;
 pub mod cli;
 pub mod import;

@@ -8,6 +8,11 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Without mimalloc, the system allocator with transparent huge pages on large blocks.
+#[cfg(not(feature = "mimalloc"))]
+#[global_allocator]
+static GLOBAL: ulmfit::alloc::HugePageAlloc = ulmfit::alloc::HugePageAlloc;
+
 fn main() -> ExitCode {
     let cli = ulmfit::cli::Cli::parse();
     ulmfit::cli::init_logging(cli.verbose, cli.quiet);

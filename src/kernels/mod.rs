@@ -3,6 +3,7 @@
 //! [`cuda`] contains CUDA kernels (launched only with the `cuda` feature) and their CPU
 //! twins.
 
+pub mod activations;
 pub mod bf16;
 pub mod cuda;
 pub mod decoder;

@@ -180,6 +180,87 @@ pub fn linear_packed(x: &Tensor, w: &Tensor, packed: Option<&Arc<PackedWeight>>)
     Tensor::from_vec(out, (m, n), x.device())?.to_dtype(x.dtype())
 }
 
+/// Returns `x W^T + bias` for inference: `x` `[m, k]`, `w` `[n, k]`, `bias` `[n]`.
+///
+/// For f32 CPU tensors the product runs on the kernels of `precision`, with `packed`
+/// when given (it must have been packed from `w`) or with `w` packed for this call,
+/// and the bias is written into the output before the product adds to it, so the
+/// `[m, n]` result is allocated once and never copied. Other tensors, and f32 with the
+/// `gemm` backend, take Candle's matmul and a broadcast add. No gradient flows to any
+/// input.
+pub fn linear_inference(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    precision: Precision,
+    packed: Option<&Arc<PackedWeight>>,
+) -> Result<Tensor> {
+    let (m, k) = x.dims2()?;
+    let (n, w_k) = w.dims2()?;
+    if w_k != k {
+        bail!(
+            "linear_inference: input {:?} and weight {:?} do not match",
+            x.dims(),
+            w.dims()
+        );
+    }
+    if let Some(bias) = bias {
+        if bias.dims() != [n] {
+            bail!(
+                "linear_inference: bias {:?} does not match weight {:?}",
+                bias.dims(),
+                w.dims()
+            );
+        }
+    }
+    let fused = x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && w.dtype() == DType::F32
+        && bias.is_none_or(|bias| bias.dtype() == DType::F32);
+    let owned;
+    let packed = match packed {
+        Some(packed) if fused => {
+            if packed.dims() != (n, k) {
+                bail!(
+                    "linear_inference: weight {:?} and packed weight {:?} do not match",
+                    w.dims(),
+                    packed.dims()
+                );
+            }
+            Some(packed.as_ref())
+        }
+        _ if fused => {
+            let values = w.detach().flatten_all()?.to_vec1::<f32>()?;
+            owned = PackedWeight::pack(&values, n, k, precision);
+            owned.as_ref()
+        }
+        _ => None,
+    };
+    let Some(packed) = packed else {
+        let product = match precision {
+            Precision::Bf16 if fused => bf16_matmul(&x.detach(), &w.detach(), false, true)?,
+            _ => x.detach().matmul(&w.detach().t()?)?,
+        };
+        return match bias {
+            Some(bias) => product.broadcast_add(&bias.detach()),
+            None => Ok(product),
+        };
+    };
+    let values = x.detach().flatten_all()?.to_vec1::<f32>()?;
+    let mut out = Vec::with_capacity(m * n);
+    match bias {
+        Some(bias) => {
+            let bias = bias.detach().to_vec1::<f32>()?;
+            for _ in 0..m {
+                out.extend_from_slice(&bias);
+            }
+        }
+        None => out.resize(m * n, 0.0),
+    }
+    packed.matmul_transposed(&values, m, &mut out, true);
+    Tensor::from_vec(out, (m, n), x.device())
+}
+
 /// Returns `op(a) op(b)` with bf16 products and f32 sums, for f32 CPU tensors.
 ///
 /// `op(a)` is `a` `[m, k]`, or with `a_transposed` the transpose of `a` stored

@@ -9,7 +9,9 @@ use super::config::AwdLstmConfig;
 use super::dropout::{apply_mask, embed, embedding_row_mask, locked_dropout_mask, WeightMask};
 use super::lstm::LstmLayer;
 use super::{ModelError, Result};
-use crate::kernels::precision::{bf16_matmul, linear_packed, PackedWeight, Precision};
+use crate::kernels::precision::{
+    bf16_matmul, linear_inference, linear_packed, PackedWeight, Precision,
+};
 use crate::rng::Rng;
 
 /// fastai's activation regularisation factor (`alpha`) for language models.
@@ -451,6 +453,15 @@ impl LanguageModel {
         let vocab = self.config.vocab_size;
         let rows = encoded.last_dropped.reshape((batch * time, embedding))?;
         let weight = &encoded.decoder_weight;
+        if !self.track_gradients && rows.device().is_cpu() {
+            let bias = encoded.decoder_bias.as_ref();
+            let logits = linear_inference(&rows, weight, bias, self.precision, None)?;
+            return Ok(LmOutput {
+                logits: logits.reshape((batch, time, vocab))?,
+                last_raw: encoded.last_raw,
+                last_dropped: encoded.last_dropped,
+            });
+        }
         let mut logits = match self.precision {
             Precision::Bf16 if rows.dtype() == DType::F32 => {
                 bf16_matmul(&rows, weight, false, true)?

@@ -7,7 +7,9 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use super::dropout::{uses_cuda_kernels, WeightMask};
 use crate::kernels::cuda::ops::lstm_sequence_stepwise;
 use crate::kernels::lstm::{lstm_sequence_autograd, lstm_sequence_with, LstmSequenceOutput};
-use crate::kernels::precision::{bf16_matmul, f32_matmul, linear_packed, PackedWeight, Precision};
+use crate::kernels::precision::{
+    bf16_matmul, f32_matmul, linear_inference, linear_packed, PackedWeight, Precision,
+};
 use crate::rng::Rng;
 
 /// The two weights of one layer packed once for reduced-precision inference.
@@ -142,27 +144,14 @@ impl LstmLayer {
         let bias = param(&self.bias_ih).add(&param(&self.bias_hh))?;
         let rows = input.reshape((time * batch, features))?;
         let weight_ih = param(&self.weight_ih);
-        let product = match (packed, precision) {
-            (Some(packed), _) => linear_packed(&rows, &weight_ih, Some(&packed.weight_ih))?,
-            (None, Precision::F32) => f32_matmul(&rows, &weight_ih, false, true)?,
-            (None, Precision::Bf16) if input.dtype() == DType::F32 => {
-                bf16_matmul(&rows, &weight_ih, false, true)?
-            }
-            (None, Precision::Bf16) => rows.matmul(&weight_ih.t()?)?,
-            (None, Precision::Int8) => {
-                let (rows_ih, cols_ih) = weight_ih.dims2()?;
-                let values = weight_ih
-                    .to_dtype(DType::F32)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?;
-                let packed_ih =
-                    PackedWeight::pack(&values, rows_ih, cols_ih, precision).map(Arc::new);
-                linear_packed(&rows, &weight_ih, packed_ih.as_ref())?
-            }
+        let projected = if !track_gradients && input.device().is_cpu() {
+            let packed_ih = packed.map(|packed| &packed.weight_ih);
+            linear_inference(&rows, &weight_ih, Some(&bias), precision, packed_ih)?
+                .reshape((time, batch, gate_width))?
+        } else {
+            self.project_with_gradients(&rows, &weight_ih, &bias, precision, packed)?
+                .reshape((time, batch, gate_width))?
         };
-        let projected = product
-            .broadcast_add(&bias)?
-            .reshape((time, batch, gate_width))?;
         let weight_hh = match weight_mask {
             Some(mask) => mask.apply(&param(&self.weight_hh))?,
             None => param(&self.weight_hh),
@@ -175,5 +164,36 @@ impl LstmLayer {
         } else {
             lstm_sequence_autograd(&projected, &weight_hh, h0, c0)
         }
+    }
+
+    /// Returns the input projection `rows W_ih^T + bias` as a graph that gradients flow
+    /// through (the path of training, and of every device but the CPU).
+    fn project_with_gradients(
+        &self,
+        rows: &Tensor,
+        weight_ih: &Tensor,
+        bias: &Tensor,
+        precision: Precision,
+        packed: Option<&PackedLayer>,
+    ) -> Result<Tensor> {
+        let product = match (packed, precision) {
+            (Some(packed), _) => linear_packed(rows, weight_ih, Some(&packed.weight_ih))?,
+            (None, Precision::F32) => f32_matmul(rows, weight_ih, false, true)?,
+            (None, Precision::Bf16) if rows.dtype() == DType::F32 => {
+                bf16_matmul(rows, weight_ih, false, true)?
+            }
+            (None, Precision::Bf16) => rows.matmul(&weight_ih.t()?)?,
+            (None, Precision::Int8) => {
+                let (rows_ih, cols_ih) = weight_ih.dims2()?;
+                let values = weight_ih
+                    .to_dtype(DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                let packed_ih =
+                    PackedWeight::pack(&values, rows_ih, cols_ih, precision).map(Arc::new);
+                linear_packed(rows, weight_ih, packed_ih.as_ref())?
+            }
+        };
+        product.broadcast_add(bias)
     }
 }
