@@ -202,6 +202,26 @@ fn pretrain_beats_unigram_and_checks_resume() {
     assert!(!output.status.success());
     let message = stderr(&output);
     assert!(message.contains("`batch_size`"), "{message}");
+
+    // The precision is saved with the run, and resuming with another one names it.
+    let spec = std::fs::read_to_string(out.join("pretrain.json")).expect("pretrain.json");
+    assert!(spec.contains("\"precision\": \"f32\""), "{spec}");
+    let resume_precision = [
+        "-q",
+        "pretrain",
+        "--resume",
+        path_str(&out),
+        "--precision",
+        "bf16",
+    ];
+    let output = ulmfit(&resume_precision);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(message.contains("`precision`"), "{message}");
+    assert!(
+        message.contains("f32") && message.contains("bf16"),
+        "{message}"
+    );
 }
 
 #[test]

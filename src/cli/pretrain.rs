@@ -19,6 +19,7 @@ use super::numericalize::{encode_documents, load_tokenizer};
 use super::precision::TrainPrecision;
 use super::training::{select_device, DeviceSpec, DEVICE_HELP};
 use super::vocab::count_tokens;
+use crate::kernels::precision::Precision;
 use crate::model::{AwdLstmConfig, DEFAULT_AR_ALPHA, DEFAULT_TAR_BETA};
 use crate::pipeline::model_folder::{self, ModelFolderConfig, ModelKind};
 use crate::pipeline::pretrain::{
@@ -142,9 +143,10 @@ pub struct PretrainArgs {
 
     /// Format of the matrix products of the LSTM layers and the decoder: f32, or bf16
     /// (inputs rounded to bfloat16, f32 sums, parameters kept in f32). bf16 needs a CPU
-    /// with AVX512-BF16; without it the command fails.
-    #[arg(long, value_enum, default_value = "f32", value_name = "FORMAT")]
-    pub precision: TrainPrecision,
+    /// with AVX512-BF16, and without it the command fails. Saved with the run, so a
+    /// resumed run keeps it [default: f32].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub precision: Option<TrainPrecision>,
 }
 
 /// Arguments of `ulmfit lr-find`.
@@ -198,13 +200,18 @@ pub fn run_pretrain(args: PretrainArgs, progress: bool) -> anyhow::Result<()> {
     }
     fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
 
+    let precision = args.precision.map(TrainPrecision::checked).transpose()?;
     let prepared = prepare_vocab(&args.lm, &dir, progress)?;
     let spec = if resuming {
         let saved = PretrainSpec::load(&dir)?;
-        check_spec(&args.lm, &saved)?;
+        check_spec(&args.lm, precision, &saved)?;
         saved
     } else {
-        let spec = new_spec(&args.lm, prepared.vocab.len());
+        let spec = new_spec(
+            &args.lm,
+            prepared.vocab.len(),
+            precision.unwrap_or_default(),
+        );
         spec.save(&dir)?;
         spec
     };
@@ -217,9 +224,9 @@ pub fn run_pretrain(args: PretrainArgs, progress: bool) -> anyhow::Result<()> {
         args.save_every,
     );
     let given = given_settings(&args)?;
-    let precision = args.precision.checked()?;
+    spec.precision.check_cpu()?;
     let mut task = pretrain::build_task(&spec, &data, settings.seed, &device)?;
-    task.set_precision(precision);
+    task.set_precision(spec.precision);
     tracing::info!(
         "training on {} windows of {} x {} tokens per epoch",
         task.layout().n_batches,
@@ -287,7 +294,7 @@ pub fn run_lr_find(args: LrFindArgs, progress: bool) -> anyhow::Result<()> {
     fs::create_dir_all(&args.out)
         .with_context(|| format!("failed to create {}", args.out.display()))?;
     let prepared = prepare_vocab(&args.lm, &args.out, progress)?;
-    let spec = new_spec(&args.lm, prepared.vocab.len());
+    let spec = new_spec(&args.lm, prepared.vocab.len(), Precision::F32);
     let data = prepare_data(&args.lm, &args.out, &prepared, false, progress)?;
     let seed = args.lm.seed.unwrap_or(0);
     let settings = pretrain::wt103_settings(1, WT103_LR, seed, None);
@@ -513,7 +520,7 @@ fn prepare_data(
 }
 
 /// Returns the spec of a new run from the options and fastai's defaults.
-fn new_spec(lm: &LmArgs, vocab_size: usize) -> PretrainSpec {
+fn new_spec(lm: &LmArgs, vocab_size: usize, precision: Precision) -> PretrainSpec {
     let mut model = AwdLstmConfig::language_model(vocab_size);
     model.embedding_size = lm.embedding_size.unwrap_or(DEFAULT_EMBEDDING_SIZE);
     model.hidden_size = lm.hidden_size.unwrap_or(DEFAULT_HIDDEN_SIZE);
@@ -526,11 +533,24 @@ fn new_spec(lm: &LmArgs, vocab_size: usize) -> PretrainSpec {
         backwards: lm.backwards,
         ar_alpha: DEFAULT_AR_ALPHA,
         tar_beta: DEFAULT_TAR_BETA,
+        precision,
     }
 }
 
-/// Checks the data and model options given again when resuming against the saved spec.
-fn check_spec(lm: &LmArgs, saved: &PretrainSpec) -> Result<(), TrainError> {
+/// Checks the data, model and precision options given again when resuming against the
+/// saved spec.
+fn check_spec(
+    lm: &LmArgs,
+    precision: Option<Precision>,
+    saved: &PretrainSpec,
+) -> Result<(), TrainError> {
+    if let Some(given) = precision.filter(|&given| given != saved.precision) {
+        return Err(TrainError::ResumeMismatch {
+            setting: "precision".into(),
+            saved: saved.precision.name().into(),
+            given: given.name().into(),
+        });
+    }
     let pairs = [
         ("batch_size", lm.batch_size, saved.batch_size),
         ("bptt", lm.bptt, saved.bptt),

@@ -11,6 +11,7 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use super::lm_task::{LmTask, LmTaskSettings};
+use crate::kernels::precision::Precision;
 use crate::model::{AwdLstmConfig, LanguageModel};
 use crate::rng::Rng;
 use crate::text::token_file::TokenFile;
@@ -58,6 +59,9 @@ pub struct PretrainSpec {
     pub ar_alpha: f64,
     /// Temporal activation regularisation factor.
     pub tar_beta: f64,
+    /// Format of the matrix products (f32 in specs written before it was saved).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl PretrainSpec {
