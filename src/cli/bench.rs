@@ -3,7 +3,7 @@
 use anyhow::bail;
 use clap::{Args, Subcommand, ValueEnum};
 
-use super::precision::TrainPrecision;
+use super::precision::ScorePrecision;
 
 use super::training::{select_device, DeviceSpec, DEVICE_HELP};
 use crate::pipeline::bench::{run_lm_bench, LmBenchOptions, LmBenchReport, LmPreset};
@@ -44,11 +44,13 @@ pub struct LmArgs {
     #[arg(long, value_enum, default_value = "small")]
     pub preset: PresetArg,
 
-    /// Format of the matrix products of the LSTM layers and the decoder: f32, or bf16
-    /// (inputs rounded to bfloat16, f32 sums, parameters kept in f32). bf16 needs a CPU
-    /// with AVX512-BF16; without it the command fails.
+    /// Format of the matrix products of the LSTM layers and the decoder: f32, bf16
+    /// (inputs rounded to bfloat16, f32 sums, parameters kept in f32; needs
+    /// AVX512-BF16), or int8 (weights and activations quantised per row, i32 sums; needs
+    /// AVX512-VNNI, inference only, so it needs `--mode infer`). Without the
+    /// instructions the command fails.
     #[arg(long, value_enum, default_value = "f32", value_name = "FORMAT")]
-    pub precision: TrainPrecision,
+    pub precision: ScorePrecision,
 
     /// Timed batches per phase.
     #[arg(long, default_value_t = 10, value_name = "N")]
@@ -116,6 +118,9 @@ fn run_lm(args: LmArgs) -> anyhow::Result<()> {
     options.rnn_reg = args.rnn_reg;
     options.fused_loss = !args.unfused_loss;
     options.seed = args.seed;
+    if args.precision == ScorePrecision::Int8 && args.mode != ModeArg::Infer {
+        bail!("--precision int8 serves inference only; add --mode infer");
+    }
     options.precision = args.precision.checked()?;
     options.device = select_device(args.device)?;
 

@@ -25,8 +25,8 @@ use rayon::prelude::*;
 
 pub use super::packed::MatRef;
 use super::packed::{
-    for_each_tile, impl_packed_gemm, prepare_output, run_tasks, store_portable_tile, Blocking,
-    OutPtr, PackedGemm,
+    fill_bias_rows, for_each_tile, impl_packed_gemm, prepare_output, run_tasks, start_tile,
+    store_portable_tile, Blocking, OutPtr, PackedGemm,
 };
 
 /// Rows of the register tile.
@@ -298,6 +298,44 @@ pub fn gemm_packed(
     accumulate: bool,
     threads: usize,
 ) {
+    gemm_packed_with(kernel, a, b, c, ldc, accumulate, None, threads);
+}
+
+/// Computes `c = a b + bias` with `bias` (`[n]`) added to every row, writing each tile's
+/// part of the bias just before its first product.
+///
+/// Panics as [`gemm_packed`], and when `bias` does not have `n` values.
+pub fn gemm_packed_bias(
+    kernel: Bf16Kernel,
+    a: &PackedA,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    bias: &[f32],
+    threads: usize,
+) {
+    assert_eq!(
+        bias.len(),
+        b.cols,
+        "gemm_packed_bias: bias has {} values for {} columns",
+        bias.len(),
+        b.cols
+    );
+    gemm_packed_with(kernel, a, b, c, ldc, false, Some(bias), threads);
+}
+
+/// [`gemm_packed`] with an optional bias that replaces the zeros of `c = a b`.
+#[allow(clippy::too_many_arguments)]
+fn gemm_packed_with(
+    kernel: Bf16Kernel,
+    a: &PackedA,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    bias: Option<&[f32]>,
+    threads: usize,
+) {
     assert_eq!(
         a.depth, b.depth,
         "gemm_packed: A has k = {} but B has k = {}",
@@ -305,6 +343,9 @@ pub fn gemm_packed(
     );
     let (m, n, pairs) = (a.rows, b.cols, a.pairs);
     if !prepare_output("gemm_packed", (m, n, pairs), c, ldc, accumulate) {
+        if let (Some(bias), true) = (bias, pairs == 0) {
+            fill_bias_rows(c, ldc, m, bias);
+        }
         return;
     }
     let out = OutPtr(c.as_mut_ptr());
@@ -322,16 +363,17 @@ pub fn gemm_packed(
                 // `run_tasks` gives its rows and columns to this task alone.
                 unsafe {
                     let c_tile = out.get().add(tile.row * ldc + tile.panel * NR);
+                    let add = start_tile(&tile, bias, NR, c_tile, ldc);
                     match kernel {
                         #[cfg(target_arch = "x86_64")]
                         Bf16Kernel::Avx512Bf16 => avx512::tile(
                             a_block, pairs, b_panel, tile.kc, c_tile, ldc, tile.rows, tile.cols,
-                            tile.add,
+                            add,
                         ),
                         _ => {
                             portable_tile(a_block, pairs, b_panel, tile.kc, &mut scratch);
                             let shape = (tile.rows, tile.cols);
-                            store_portable_tile(&scratch, NR, c_tile, ldc, shape, tile.add);
+                            store_portable_tile(&scratch, NR, c_tile, ldc, shape, add);
                         }
                     }
                 }
@@ -449,7 +491,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::packed::test_support::{reference, view};
+    use crate::kernels::packed::test_support::{check_bias, reference, view};
     use crate::rng::Rng;
 
     fn random(rng: &mut Rng, count: usize) -> Vec<f32> {
@@ -503,6 +545,22 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn bias_matches_bias_added_afterwards() {
+        for kernel in kernels() {
+            check_bias(&|a, b, (m, k, n), bias, threads| {
+                let a = PackedA::pack(MatRef::row_major(a, m, k));
+                let b = PackedB::pack(MatRef::row_major(b, k, n));
+                let mut c = vec![f32::NAN; m * n];
+                match bias {
+                    Some(bias) => gemm_packed_bias(kernel, &a, &b, &mut c, n, bias, threads),
+                    None => gemm_packed(kernel, &a, &b, &mut c, n, false, threads),
+                }
+                c
+            });
         }
     }
 

@@ -22,8 +22,8 @@ use std::sync::OnceLock;
 
 pub use super::packed::MatRef;
 use super::packed::{
-    fill_groups, for_each_tile, impl_packed_gemm, prepare_output, run_tasks, store_portable_tile,
-    Blocking, OutPtr, PackedGemm,
+    fill_bias_rows, fill_groups, for_each_tile, impl_packed_gemm, prepare_output, run_tasks,
+    start_tile, store_portable_tile, Blocking, OutPtr, PackedGemm,
 };
 
 /// Rows of the register tile.
@@ -255,6 +255,46 @@ pub fn gemm_packed(
     accumulate: bool,
     threads: usize,
 ) {
+    gemm_packed_with(kernel, a, b, c, ldc, accumulate, None, threads);
+}
+
+/// Computes `c = a b + bias` with `bias` (`[n]`) added to every row, as
+/// [`gemm_packed`] does `c = a b`. Each tile writes its part of the bias just before
+/// its first product, while that part of `c` is in cache, so `c` is not traversed
+/// twice.
+///
+/// Panics as [`gemm_packed`], and when `bias` does not have `n` values.
+pub fn gemm_packed_bias(
+    kernel: F32Kernel,
+    a: &PackedA,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    bias: &[f32],
+    threads: usize,
+) {
+    assert_eq!(
+        bias.len(),
+        b.cols,
+        "f32 gemm_packed_bias: bias has {} values for {} columns",
+        bias.len(),
+        b.cols
+    );
+    gemm_packed_with(kernel, a, b, c, ldc, false, Some(bias), threads);
+}
+
+/// [`gemm_packed`] with an optional bias that replaces the zeros of `c = a b`.
+#[allow(clippy::too_many_arguments)]
+fn gemm_packed_with(
+    kernel: F32Kernel,
+    a: &PackedA,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    bias: Option<&[f32]>,
+    threads: usize,
+) {
     assert_eq!(
         a.depth, b.depth,
         "f32 gemm_packed: A has k = {} but B has k = {}",
@@ -262,6 +302,9 @@ pub fn gemm_packed(
     );
     let (m, n, depth) = (a.rows, b.cols, a.depth);
     if !prepare_output("f32 gemm_packed", (m, n, depth), c, ldc, accumulate) {
+        if let (Some(bias), true) = (bias, depth == 0) {
+            fill_bias_rows(c, ldc, m, bias);
+        }
         return;
     }
     let out = OutPtr(c.as_mut_ptr());
@@ -275,15 +318,16 @@ pub fn gemm_packed(
             // `run_tasks` gives its rows and columns to this task alone.
             unsafe {
                 let c_tile = out.get().add(tile.row * ldc + tile.panel * NR);
+                let add = start_tile(&tile, bias, NR, c_tile, ldc);
                 match kernel {
                     #[cfg(target_arch = "x86_64")]
                     F32Kernel::Avx512 => avx512::tile(
-                        a_tile, b_tile, tile.kc, c_tile, ldc, tile.rows, tile.cols, tile.add,
+                        a_tile, b_tile, tile.kc, c_tile, ldc, tile.rows, tile.cols, add,
                     ),
                     _ => {
                         portable_tile(a_tile, b_tile, tile.kc, &mut scratch);
                         let shape = (tile.rows, tile.cols);
-                        store_portable_tile(&scratch, NR, c_tile, ldc, shape, tile.add);
+                        store_portable_tile(&scratch, NR, c_tile, ldc, shape, add);
                     }
                 }
             }
@@ -366,7 +410,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::packed::test_support::{reference, view};
+    use crate::kernels::packed::test_support::{check_bias, reference, view};
     use crate::rng::Rng;
 
     fn random(rng: &mut Rng, count: usize) -> Vec<f32> {
@@ -414,6 +458,22 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn bias_matches_bias_added_afterwards() {
+        for kernel in kernels() {
+            check_bias(&|a, b, (m, k, n), bias, threads| {
+                let a = PackedA::pack(MatRef::row_major(a, m, k));
+                let b = PackedB::pack(MatRef::row_major(b, k, n));
+                let mut c = vec![f32::NAN; m * n];
+                match bias {
+                    Some(bias) => gemm_packed_bias(kernel, &a, &b, &mut c, n, bias, threads),
+                    None => gemm_packed(kernel, &a, &b, &mut c, n, false, threads),
+                }
+                c
+            });
         }
     }
 

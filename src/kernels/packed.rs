@@ -219,6 +219,39 @@ pub(crate) struct Tile {
     pub add: bool,
 }
 
+/// Writes the tile's part of `bias` into `c` when the tile is the first to write its
+/// part of `c = A B + bias`, and returns whether the tile's product adds to `c`: always
+/// after the bias is written, else `tile.add`.
+///
+/// # Safety
+/// `c_tile` must point to `tile.rows` rows of `tile.cols` writable values with row stride
+/// `ldc`, and `bias` must hold the columns `panel * nr..panel * nr + cols`.
+pub(crate) unsafe fn start_tile(
+    tile: &Tile,
+    bias: Option<&[f32]>,
+    nr: usize,
+    c_tile: *mut f32,
+    ldc: usize,
+) -> bool {
+    let Some(bias) = bias.filter(|_| !tile.add) else {
+        return tile.add;
+    };
+    let first = tile.panel * nr;
+    let bias = &bias[first..first + tile.cols];
+    for r in 0..tile.rows {
+        std::slice::from_raw_parts_mut(c_tile.add(r * ldc), tile.cols).copy_from_slice(bias);
+    }
+    true
+}
+
+/// Sets every row of the `[m, n]` output `c` (row stride `ldc`) to `bias`, the result of
+/// `c = A B + bias` when A and B have no inner dimension.
+pub(crate) fn fill_bias_rows(c: &mut [f32], ldc: usize, m: usize, bias: &[f32]) {
+    for row in 0..m {
+        c[row * ldc..row * ldc + bias.len()].copy_from_slice(bias);
+    }
+}
+
 /// Visits the register tiles of rows `rows` and panels `panels` of a product with
 /// `depth` inner units and `n` columns, in cache-blocked order: for each block of
 /// `mc` rows and each block of `kc` units, one panel of B at a time (it stays in L1)
@@ -422,6 +455,39 @@ pub(crate) mod test_support {
     //! Reference products shared by the kernels' tests.
 
     use super::MatRef;
+    use crate::rng::Rng;
+
+    /// A product under test: `(a, b, (m, k, n), bias, threads)` returns `c = a b`, or
+    /// `c = a b + bias` with a bias, for row-major `a` `[m, k]` and `b` `[k, n]`.
+    pub(crate) type BiasProduct<'a> =
+        &'a dyn Fn(&[f32], &[f32], (usize, usize, usize), Option<&[f32]>, usize) -> Vec<f32>;
+
+    /// Checks `c = a b + bias` against `c = a b` with the bias added afterwards, for
+    /// partial tiles, two blocks of k (k > 128), a zero-depth product, and 1 and 3 threads.
+    pub(crate) fn check_bias(product: BiasProduct<'_>) {
+        let mut rng = Rng::seed(77);
+        for (m, k, n) in [(1, 1, 1), (7, 3, 50), (37, 300, 97), (20, 0, 5)] {
+            let a = rng.uniform(m * k, -1.0, 1.0);
+            let b = rng.uniform(k * n, -1.0, 1.0);
+            let bias = rng.uniform(n, -1.0, 1.0);
+            for threads in [1, 3] {
+                let mut expected = product(&a, &b, (m, k, n), None, threads);
+                for row in expected.chunks_exact_mut(n) {
+                    for (value, add) in row.iter_mut().zip(&bias) {
+                        *value += add;
+                    }
+                }
+                let got = product(&a, &b, (m, k, n), Some(&bias), threads);
+                for (index, (g, e)) in got.iter().zip(&expected).enumerate() {
+                    let bound = 1e-5 * e.abs().max(1.0);
+                    assert!(
+                        (g - e).abs() <= bound,
+                        "[{m}, {k}] x [{k}, {n}], {threads} threads, value {index}: {g} vs {e}"
+                    );
+                }
+            }
+        }
+    }
 
     /// Returns a view of `data` as `[rows, cols]`, stored transposed when `transposed`.
     pub(crate) fn view(data: &[f32], rows: usize, cols: usize, transposed: bool) -> MatRef<'_> {

@@ -141,6 +141,30 @@ impl PackedWeight {
         }
     }
 
+    /// Computes `out = x W^T + bias` for `x` row-major `[m, k]`, `out` row-major
+    /// `[m, n]` and `bias` `[n]`. The f32 and bf16 kernels write the bias tile by tile.
+    pub fn matmul_transposed_bias(&self, x: &[f32], m: usize, out: &mut [f32], bias: &[f32]) {
+        let threads = candle_core::utils::get_num_threads();
+        match self {
+            Self::F32(b) => {
+                let a = F32Gemm::pack_a(MatRef::row_major(x, m, b.depth()));
+                let kernel = f32gemm::F32Kernel::detect();
+                f32gemm::gemm_packed_bias(kernel, &a, b, out, b.cols(), bias, threads);
+            }
+            Self::Bf16(b) => {
+                let a = Bf16Gemm::pack_a(MatRef::row_major(x, m, b.depth()));
+                let kernel = bf16::Bf16Kernel::detect();
+                bf16::gemm_packed_bias(kernel, &a, b, out, b.cols(), bias, threads);
+            }
+            Self::Int8(w) => {
+                for row in out.chunks_exact_mut(bias.len()).take(m) {
+                    row.copy_from_slice(bias);
+                }
+                w.matmul_transposed(x, m, out, true, threads);
+            }
+        }
+    }
+
     /// Computes `out = x W^T`, or `out += x W^T` with `accumulate`, for `x` row-major
     /// `[m, k]` and `out` row-major `[m, n]`.
     pub fn matmul_transposed(&self, x: &[f32], m: usize, out: &mut [f32], accumulate: bool) {
@@ -184,8 +208,8 @@ pub fn linear_packed(x: &Tensor, w: &Tensor, packed: Option<&Arc<PackedWeight>>)
 ///
 /// For f32 CPU tensors the product runs on the kernels of `precision`, with `packed`
 /// when given (it must have been packed from `w`) or with `w` packed for this call,
-/// and the bias is written into the output before the product adds to it, so the
-/// `[m, n]` result is allocated once and never copied. Other tensors, and f32 with the
+/// and the bias is written into the output before the product adds to it (tile by
+/// tile in f32 and bf16), so the `[m, n]` result is allocated once and never copied. Other tensors, and f32 with the
 /// `gemm` backend, take Candle's matmul and a broadcast add. No gradient flows to any
 /// input.
 pub fn linear_inference(
@@ -247,17 +271,14 @@ pub fn linear_inference(
         };
     };
     let values = x.detach().flatten_all()?.to_vec1::<f32>()?;
-    let mut out = Vec::with_capacity(m * n);
+    let mut out = vec![0.0f32; m * n];
     match bias {
         Some(bias) => {
             let bias = bias.detach().to_vec1::<f32>()?;
-            for _ in 0..m {
-                out.extend_from_slice(&bias);
-            }
+            packed.matmul_transposed_bias(&values, m, &mut out, &bias);
         }
-        None => out.resize(m * n, 0.0),
+        None => packed.matmul_transposed(&values, m, &mut out, false),
     }
-    packed.matmul_transposed(&values, m, &mut out, true);
     Tensor::from_vec(out, (m, n), x.device())
 }
 
@@ -432,9 +453,64 @@ mod tests {
         for (index, (g, w)) in got.iter().zip(want).enumerate() {
             assert!(
                 (g - w).abs() <= tolerance,
-                "{what}[{index}]: bf16 {g}, f32 {w}"
+                "{what}[{index}]: got {g}, f32 {w}"
             );
         }
+    }
+
+    /// `linear_inference` in every precision this CPU runs, with the weight packed per
+    /// call and beforehand, with and without a bias, against Candle's f32 product.
+    #[test]
+    fn linear_inference_matches_matmul_plus_bias() {
+        let mut rng = Rng::seed(5);
+        let (m, k, n) = (37, 50, 70);
+        let x = var(&mut rng, (m, k));
+        let w = var(&mut rng, (n, k));
+        let bias = Tensor::from_vec(rng.uniform(n, -1.0, 1.0), n, &Device::Cpu).unwrap();
+        let product = x.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap();
+        let with_bias = product.broadcast_add(&bias).unwrap();
+        let w_values = values(w.as_tensor());
+        // bf16 and int8 round inputs to 8 significant bits over sums of 50 terms.
+        for (precision, tolerance) in [
+            (Precision::F32, 1e-5),
+            (Precision::Bf16, 0.05),
+            (Precision::Int8, 0.08),
+        ] {
+            if precision.check_cpu().is_err() {
+                eprintln!(
+                    "skipped {}: this CPU lacks its instructions",
+                    precision.name()
+                );
+                continue;
+            }
+            let packed = PackedWeight::pack(&w_values, n, k, precision).map(Arc::new);
+            for prepacked in [None, packed.as_ref()] {
+                let what = format!("{} prepacked {}", precision.name(), prepacked.is_some());
+                let got = linear_inference(
+                    x.as_tensor(),
+                    w.as_tensor(),
+                    Some(&bias),
+                    precision,
+                    prepacked,
+                )
+                .unwrap();
+                assert_close(&values(&got), &values(&with_bias), tolerance, &what);
+                let got =
+                    linear_inference(x.as_tensor(), w.as_tensor(), None, precision, prepacked)
+                        .unwrap();
+                assert_close(&values(&got), &values(&product), tolerance, &what);
+            }
+        }
+        let wrong_bias = Tensor::zeros(n + 1, DType::F32, &Device::Cpu).unwrap();
+        let error = linear_inference(
+            x.as_tensor(),
+            w.as_tensor(),
+            Some(&wrong_bias),
+            Precision::F32,
+            None,
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("bias"), "{error}");
     }
 
     #[test]

@@ -27,9 +27,10 @@ use crate::train::groups::{Param, ParamGroup};
 use crate::train::optimizer::{AdamConfig, AdamW};
 use crate::train::TrainError;
 
-/// f32 FMA peak of two Zen 4 cores at 2.6 GHz: 2 cores x 2 FMA units x 8 lanes x 2 FLOPs
-/// x 2.6 GHz, in FLOP/s. The roofline fractions are relative to it.
-pub const REFERENCE_PEAK_FLOPS: f64 = 166.4e9;
+/// f32 FMA peak of two Zen 5 cores at 2.6 GHz, whose FMA units are 512 bits wide: 2 cores
+/// x 2 FMA units x 16 lanes x 2 FLOPs x 2.6 GHz, in FLOP/s. The roofline fractions are
+/// relative to it.
+pub const REFERENCE_PEAK_FLOPS: f64 = 332.8e9;
 
 /// Errors of the benchmark.
 #[derive(Debug, thiserror::Error)]
