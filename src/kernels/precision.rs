@@ -254,8 +254,7 @@ pub fn linear_inference(
             Some(packed.as_ref())
         }
         _ if fused => {
-            let values = w.detach().flatten_all()?.to_vec1::<f32>()?;
-            owned = PackedWeight::pack(&values, n, k, precision);
+            owned = with_f32_slice(w, |values| PackedWeight::pack(values, n, k, precision))?;
             owned.as_ref()
         }
         _ => None,
@@ -270,16 +269,38 @@ pub fn linear_inference(
             None => Ok(product),
         };
     };
-    let values = x.detach().flatten_all()?.to_vec1::<f32>()?;
     let mut out = vec![0.0f32; m * n];
     match bias {
         Some(bias) => {
             let bias = bias.detach().to_vec1::<f32>()?;
-            packed.matmul_transposed_bias(&values, m, &mut out, &bias);
+            with_f32_slice(x, |values| {
+                packed.matmul_transposed_bias(values, m, &mut out, &bias)
+            })?;
         }
-        None => packed.matmul_transposed(&values, m, &mut out, false),
+        None => with_f32_slice(x, |values| {
+            packed.matmul_transposed(values, m, &mut out, false)
+        })?,
     }
     Tensor::from_vec(out, (m, n), x.device())
+}
+
+/// Runs `f` on the elements of the f32 CPU tensor `t` in row-major order, without a
+/// copy when `t` is contiguous.
+fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(storage) = &*storage else {
+        bail!(
+            "linear_inference: expected a CPU tensor, got {:?}",
+            t.device()
+        );
+    };
+    Ok(f(contiguous_slice::<f32>(
+        storage,
+        layout,
+        "linear_inference",
+        "input",
+    )?))
 }
 
 /// Returns `op(a) op(b)` with bf16 products and f32 sums, for f32 CPU tensors.
