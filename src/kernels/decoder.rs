@@ -137,6 +137,17 @@ struct FusedDecoderLoss {
 trait DecoderFloat: WithDType + Send + Sync {
     fn exp(self) -> Self;
     fn ln(self) -> Self;
+
+    /// Runs [`row_loss`] on one row.
+    fn row_loss(
+        row: &mut [Self],
+        bias: &[Self],
+        target: usize,
+        scale: f64,
+        with_grads: bool,
+    ) -> f64 {
+        row_loss(row, bias, target, scale, with_grads)
+    }
 }
 
 impl DecoderFloat for f32 {
@@ -145,6 +156,14 @@ impl DecoderFloat for f32 {
     }
     fn ln(self) -> Self {
         f32::ln(self)
+    }
+    fn row_loss(row: &mut [f32], bias: &[f32], target: usize, scale: f64, with_grads: bool) -> f64 {
+        #[cfg(target_arch = "x86_64")]
+        if super::f32gemm::has_avx512f() {
+            // SAFETY: the CPU supports AVX512F, checked just above.
+            return unsafe { avx512::row_loss(row, bias, target, scale, with_grads) };
+        }
+        row_loss(row, bias, target, scale, with_grads)
     }
 }
 
@@ -216,7 +235,7 @@ impl FusedDecoderLoss {
             total += block
                 .par_chunks_mut(classes)
                 .zip(targets.par_iter())
-                .map(|(row, &target)| row_loss(row, bias, target as usize, scale, with_grads))
+                .map(|(row, &target)| T::row_loss(row, bias, target as usize, scale, with_grads))
                 .sum::<f64>();
             let Some((grad_h, grad_w, grad_b)) = grads.as_mut() else {
                 continue;
@@ -320,7 +339,7 @@ impl FusedDecoderLoss {
             total += block
                 .par_chunks_mut(classes)
                 .zip(targets.par_iter())
-                .map(|(row, &target)| row_loss(row, bias, target as usize, scale, with_grads))
+                .map(|(row, &target)| f32::row_loss(row, bias, target as usize, scale, with_grads))
                 .sum::<f64>();
             let (Some((grad_h, grad_w, grad_b)), Some(weight_rows)) =
                 (grads.as_mut(), weight_rows.as_ref())
@@ -437,6 +456,58 @@ fn row_loss<T: DecoderFloat>(
     (max + sum.ln() - target_logit).to_f64()
 }
 
+/// [`row_loss`] on 16 lanes of AVX-512, with the exponential of
+/// [`super::activations::avx512::exp`] (within 3e-7 of the C library's).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::super::activations::avx512::{exp, load, store, tail};
+
+    /// The AVX-512 version of [`super::row_loss`] for f32.
+    #[target_feature(enable = "avx512f")]
+    pub fn row_loss(
+        row: &mut [f32],
+        bias: &[f32],
+        target: usize,
+        scale: f64,
+        with_grads: bool,
+    ) -> f64 {
+        let len = row.len();
+        assert_eq!(bias.len(), len, "row_loss: bias and row lengths differ");
+        let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
+        for j in (0..len).step_by(16) {
+            let m = tail(j, len);
+            let value = _mm512_add_ps(load(row, j, m), load(bias, j, m));
+            store(row, j, m, value);
+            max = _mm512_mask_max_ps(max, m, max, value);
+        }
+        let max = _mm512_reduce_max_ps(max);
+        let target_logit = row[target];
+        let shift = _mm512_set1_ps(max);
+        let mut sum = _mm512_setzero_ps();
+        for j in (0..len).step_by(16) {
+            let m = tail(j, len);
+            let e = exp(_mm512_sub_ps(load(row, j, m), shift));
+            sum = _mm512_mask_add_ps(sum, m, sum, e);
+            if with_grads {
+                // Keep exp(logit - max) in place, so the softmax needs no second exponential.
+                store(row, j, m, e);
+            }
+        }
+        let sum = _mm512_reduce_add_ps(sum);
+        if with_grads {
+            let factor = _mm512_set1_ps(scale as f32 / sum);
+            for j in (0..len).step_by(16) {
+                let m = tail(j, len);
+                store(row, j, m, _mm512_mul_ps(load(row, j, m), factor));
+            }
+            row[target] -= scale as f32;
+        }
+        f64::from(max + sum.ln() - target_logit)
+    }
+}
+
 impl candle_core::CustomOp3 for FusedDecoderLoss {
     fn name(&self) -> &'static str {
         "fused_decoder_cross_entropy"
@@ -498,5 +569,35 @@ impl candle_core::CustomOp3 for FusedDecoderLoss {
             Some(scaled(grad_w)?),
             Some(scaled(grad_b)?),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// The f32 row pass, vectorised where the CPU has AVX-512, against the scalar pass
+    /// in f64, on a row of 1,007 logits (whole vectors and a partial one).
+    #[test]
+    fn f32_row_loss_matches_f64() {
+        let mut rng = Rng::seed(8);
+        let logits = rng.uniform(1007, -8.0, 8.0);
+        let bias = rng.uniform(1007, -1.0, 1.0);
+        let (target, scale) = (1000, 0.25);
+        for with_grads in [false, true] {
+            let mut row = logits.clone();
+            let loss = f32::row_loss(&mut row, &bias, target, scale, with_grads);
+            let mut reference: Vec<f64> = logits.iter().map(|&v| f64::from(v)).collect();
+            let bias64: Vec<f64> = bias.iter().map(|&v| f64::from(v)).collect();
+            let expected = row_loss(&mut reference, &bias64, target, scale, with_grads);
+            assert!((loss - expected).abs() < 1e-5, "loss {loss} vs {expected}");
+            if with_grads {
+                for (index, (got, want)) in row.iter().zip(&reference).enumerate() {
+                    let error = (f64::from(*got) - want).abs();
+                    assert!(error < 1e-7, "gradient {index}: {got} vs {want}");
+                }
+            }
+        }
     }
 }
