@@ -75,9 +75,11 @@ pub(crate) mod avx512 {
     #[inline]
     #[target_feature(enable = "avx512f")]
     pub fn exp(x: __m512) -> __m512 {
+        // max and min return their second operand when either is NaN, so this order
+        // keeps a NaN input NaN, as the scalar clamp does.
         let x = _mm512_min_ps(
-            _mm512_max_ps(x, _mm512_set1_ps(-87.0)),
             _mm512_set1_ps(88.0),
+            _mm512_max_ps(_mm512_set1_ps(-87.0), x),
         );
         let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
             _mm512_mul_ps(x, _mm512_set1_ps(LOG2_E)),
@@ -185,6 +187,9 @@ mod tests {
         // Clamped ends stay finite and positive.
         assert!(exp(1000.0).is_finite() && exp(-1000.0) > 0.0);
         assert_eq!(exp(0.0), 1.0);
+        assert!(exp(f32::NAN).is_nan());
+        assert!(sigmoid(f32::NAN).is_nan());
+        assert!(tanh(f32::NAN).is_nan());
     }
 
     #[test]
@@ -228,6 +233,16 @@ mod tests {
         if !crate::kernels::f32gemm::has_avx512f() {
             eprintln!("skipped: this CPU has no AVX512F");
             return;
+        }
+        // A NaN input gives NaN in every function, so a diverged model is not hidden.
+        let nan = [f32::NAN; 16];
+        let vectors: [unsafe fn(__m512) -> __m512; 3] =
+            [avx512::exp, avx512::sigmoid, avx512::tanh];
+        for vector in vectors {
+            let mut out = [0.0f32; 16];
+            // SAFETY: AVX512F is present (checked above); both arrays hold 16 floats.
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr(), vector(_mm512_loadu_ps(nan.as_ptr()))) };
+            assert!(out.iter().all(|v| v.is_nan()), "NaN in, {out:?} out");
         }
         let xs: Vec<f32> = sweep().chain([1000.0, -1000.0, 0.55, -0.55, 0.0]).collect();
         for chunk in xs.chunks(16) {

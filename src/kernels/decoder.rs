@@ -599,5 +599,11 @@ mod tests {
                 }
             }
         }
+
+        // One NaN logit makes the loss NaN, so a diverged model is not hidden.
+        let mut row = logits.clone();
+        row[17] = f32::NAN;
+        let loss = f32::row_loss(&mut row, &bias, target, scale, false);
+        assert!(loss.is_nan(), "loss {loss} with a NaN logit");
     }
 }
