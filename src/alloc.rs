@@ -1,8 +1,9 @@
 //! A global allocator that asks Linux for transparent huge pages on large blocks.
 //!
-//! The system allocator serves blocks of a few megabytes and more with fresh `mmap`
-//! mappings, so every large tensor (logits, gate caches, gradients) is faulted in 4 KiB
-//! page by page on first write and unmapped on drop. [`HugePageAlloc`] passes every
+//! glibc's allocator serves blocks above its mmap threshold (128 KiB at first, raised up
+//! to 32 MiB after large frees) with fresh `mmap` mappings, so such a tensor (logits,
+//! gate caches, gradients) is faulted in 4 KiB page by page on first write and unmapped
+//! on drop. Smaller blocks come from its heap. [`HugePageAlloc`] passes every
 //! call to [`std::alloc::System`] and marks the 2 MiB-aligned part of each block of at
 //! least [`HUGE_PAGE_THRESHOLD`] bytes with `madvise(MADV_HUGEPAGE)`, so the kernel
 //! faults it in 2 MiB at a time. It changes nothing where transparent huge pages are

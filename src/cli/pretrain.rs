@@ -210,7 +210,7 @@ pub fn run_pretrain(args: PretrainArgs, progress: bool) -> anyhow::Result<()> {
         let spec = new_spec(
             &args.lm,
             prepared.vocab.len(),
-            precision.unwrap_or_default(),
+            Some(precision.unwrap_or_default()),
         );
         spec.save(&dir)?;
         spec
@@ -224,9 +224,10 @@ pub fn run_pretrain(args: PretrainArgs, progress: bool) -> anyhow::Result<()> {
         args.save_every,
     );
     let given = given_settings(&args)?;
-    spec.precision.check_cpu()?;
+    let precision = run_precision(spec.precision, precision)?;
+    precision.check_cpu()?;
     let mut task = pretrain::build_task(&spec, &data, settings.seed, &device)?;
-    task.set_precision(spec.precision);
+    task.set_precision(precision);
     tracing::info!(
         "training on {} windows of {} x {} tokens per epoch",
         task.layout().n_batches,
@@ -294,7 +295,7 @@ pub fn run_lr_find(args: LrFindArgs, progress: bool) -> anyhow::Result<()> {
     fs::create_dir_all(&args.out)
         .with_context(|| format!("failed to create {}", args.out.display()))?;
     let prepared = prepare_vocab(&args.lm, &args.out, progress)?;
-    let spec = new_spec(&args.lm, prepared.vocab.len(), Precision::F32);
+    let spec = new_spec(&args.lm, prepared.vocab.len(), None);
     let data = prepare_data(&args.lm, &args.out, &prepared, false, progress)?;
     let seed = args.lm.seed.unwrap_or(0);
     let settings = pretrain::wt103_settings(1, WT103_LR, seed, None);
@@ -520,7 +521,7 @@ fn prepare_data(
 }
 
 /// Returns the spec of a new run from the options and fastai's defaults.
-fn new_spec(lm: &LmArgs, vocab_size: usize, precision: Precision) -> PretrainSpec {
+fn new_spec(lm: &LmArgs, vocab_size: usize, precision: Option<Precision>) -> PretrainSpec {
     let mut model = AwdLstmConfig::language_model(vocab_size);
     model.embedding_size = lm.embedding_size.unwrap_or(DEFAULT_EMBEDDING_SIZE);
     model.hidden_size = lm.hidden_size.unwrap_or(DEFAULT_HIDDEN_SIZE);
@@ -537,6 +538,23 @@ fn new_spec(lm: &LmArgs, vocab_size: usize, precision: Precision) -> PretrainSpe
     }
 }
 
+/// Returns the precision of a run from the saved one (`None` for a new run or a spec
+/// written before it was saved) and `--precision`: the saved one, else the given one,
+/// else f32. Giving another value than the saved one is an error that names it.
+fn run_precision(
+    saved: Option<Precision>,
+    given: Option<Precision>,
+) -> Result<Precision, TrainError> {
+    match (saved, given) {
+        (Some(saved), Some(given)) if saved != given => Err(TrainError::ResumeMismatch {
+            setting: "precision".into(),
+            saved: saved.name().into(),
+            given: given.name().into(),
+        }),
+        _ => Ok(saved.or(given).unwrap_or_default()),
+    }
+}
+
 /// Checks the data, model and precision options given again when resuming against the
 /// saved spec.
 fn check_spec(
@@ -544,13 +562,7 @@ fn check_spec(
     precision: Option<Precision>,
     saved: &PretrainSpec,
 ) -> Result<(), TrainError> {
-    if let Some(given) = precision.filter(|&given| given != saved.precision) {
-        return Err(TrainError::ResumeMismatch {
-            setting: "precision".into(),
-            saved: saved.precision.name().into(),
-            given: given.name().into(),
-        });
-    }
+    run_precision(saved.precision, precision)?;
     let pairs = [
         ("batch_size", lm.batch_size, saved.batch_size),
         ("bptt", lm.bptt, saved.bptt),
@@ -603,4 +615,43 @@ fn given_settings(
         given.insert("save_every".into(), save_every.into());
     }
     Ok(given)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_precision_prefers_saved_then_given() {
+        use Precision::{Bf16, F32};
+        assert_eq!(run_precision(None, None).unwrap(), F32);
+        // A spec written before the precision was saved takes the given one.
+        assert_eq!(run_precision(None, Some(Bf16)).unwrap(), Bf16);
+        assert_eq!(run_precision(Some(Bf16), None).unwrap(), Bf16);
+        assert_eq!(run_precision(Some(Bf16), Some(Bf16)).unwrap(), Bf16);
+        let error = run_precision(Some(F32), Some(Bf16)).unwrap_err();
+        assert!(error.to_string().contains("`precision`"), "{error}");
+    }
+
+    #[test]
+    fn spec_without_precision_loads_as_unsaved() {
+        let mut spec = new_spec_for_test();
+        spec.precision = None;
+        let json = serde_json::to_string(&spec).unwrap();
+        assert!(!json.contains("precision"), "{json}");
+        let loaded: PretrainSpec = serde_json::from_str(&json).unwrap();
+        assert_eq!(loaded.precision, None);
+    }
+
+    fn new_spec_for_test() -> PretrainSpec {
+        PretrainSpec {
+            model: AwdLstmConfig::language_model(10),
+            batch_size: 2,
+            bptt: 3,
+            backwards: false,
+            ar_alpha: DEFAULT_AR_ALPHA,
+            tar_beta: DEFAULT_TAR_BETA,
+            precision: Some(Precision::Bf16),
+        }
+    }
 }

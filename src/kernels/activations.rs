@@ -38,7 +38,8 @@ pub fn exp(x: f32) -> f32 {
     p * scale
 }
 
-/// Returns 1 / (1 + e^-x).
+/// Returns 1 / (1 + e^-x). Below x = -88 the result stays at about 6e-39 (a denormal)
+/// instead of falling further, because `exp` clamps its input.
 #[inline(always)]
 pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
@@ -149,21 +150,34 @@ pub(crate) mod avx512 {
         ((1u32 << left) - 1) as __mmask16
     }
 
-    /// Loads up to 16 elements of `v` from `j` (zeros beyond the end).
+    /// Panics unless `mask` selects the first lanes only (the form [`tail`] returns) and
+    /// those lanes lie inside a slice of `len` elements from `j`.
+    #[inline]
+    fn check_lanes(len: usize, j: usize, mask: __mmask16) {
+        let lanes = mask.count_ones() as usize;
+        assert!(
+            u32::from(mask) == (1u32 << lanes) - 1 && j + lanes <= len,
+            "lane mask {mask:#06x} at {j} does not fit a slice of {len} elements"
+        );
+    }
+
+    /// Loads up to 16 elements of `v` from `j` (zeros beyond the end). Panics when the
+    /// mask reaches past `v`.
     #[inline]
     #[target_feature(enable = "avx512f")]
     pub(crate) fn load(v: &[f32], j: usize, mask: __mmask16) -> __m512 {
-        debug_assert!(j + (mask.count_ones() as usize) <= v.len());
-        // SAFETY: `mask` selects only lanes `j..min(j + 16, v.len())` (see `tail`).
+        check_lanes(v.len(), j, mask);
+        // SAFETY: `check_lanes` showed that the selected lanes lie inside `v`.
         unsafe { _mm512_maskz_loadu_ps(mask, v.as_ptr().add(j)) }
     }
 
-    /// Stores the lanes of `x` selected by `mask` into `v` from `j`.
+    /// Stores the lanes of `x` selected by `mask` into `v` from `j`. Panics when the
+    /// mask reaches past `v`.
     #[inline]
     #[target_feature(enable = "avx512f")]
     pub(crate) fn store(v: &mut [f32], j: usize, mask: __mmask16, x: __m512) {
-        debug_assert!(j + (mask.count_ones() as usize) <= v.len());
-        // SAFETY: `mask` selects only lanes `j..min(j + 16, v.len())` (see `tail`).
+        check_lanes(v.len(), j, mask);
+        // SAFETY: `check_lanes` showed that the selected lanes lie inside `v`.
         unsafe { _mm512_mask_storeu_ps(v.as_mut_ptr().add(j), mask, x) }
     }
 }

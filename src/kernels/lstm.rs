@@ -623,7 +623,9 @@ impl FusedLstm {
             step_product(h_prev, pre);
 
             let cell = &mut cells[cell_offset..cell_offset + step];
-            forward_rows(pre, &c_prev, cell, h_out, hidden).for_each(T::forward_row);
+            if hidden > 0 {
+                forward_rows(pre, &c_prev, cell, h_out, hidden).for_each(T::forward_row);
+            }
             c_prev.copy_from_slice(cell);
         }
         packed[time * step..].copy_from_slice(&c_prev);
@@ -673,7 +675,9 @@ impl FusedLstm {
                 dc_next: &mut dc_next,
                 grad_gates: &mut *dg,
             };
-            pass.rows(hidden).for_each(T::backward_row);
+            if hidden > 0 {
+                pass.rows(hidden).for_each(T::backward_row);
+            }
             step_product(dg, &mut dh_next);
         }
         let mut grad_state0 = dh_next;
@@ -925,6 +929,19 @@ mod tests {
             gradients.push(grad.flatten_all()?.to_vec1::<f64>()?);
         }
         Ok((loss.to_scalar::<f64>()?, gradients, output))
+    }
+
+    #[test]
+    fn zero_hidden_units_give_empty_outputs() {
+        let device = Device::Cpu;
+        let projected =
+            Var::from_tensor(&Tensor::zeros((3, 2, 0), DType::F32, &device).unwrap()).unwrap();
+        let w_hh = Tensor::zeros((0, 0), DType::F32, &device).unwrap();
+        let state = Tensor::zeros((2, 0), DType::F32, &device).unwrap();
+        let output = lstm_sequence(projected.as_tensor(), &w_hh, &state, &state).unwrap();
+        assert_eq!(output.outputs.dims(), [3, 2, 0]);
+        let grads = output.outputs.sum_all().unwrap().backward().unwrap();
+        assert_eq!(grads.get(projected.as_tensor()).unwrap().dims(), [3, 2, 0]);
     }
 
     /// The f32 path (vectorised gate passes, with a partial last vector at hidden 21)

@@ -466,7 +466,15 @@ pub(crate) mod test_support {
     /// partial tiles, two blocks of k (k > 128), a zero-depth product, and 1 and 3 threads.
     pub(crate) fn check_bias(product: BiasProduct<'_>) {
         let mut rng = Rng::seed(77);
-        for (m, k, n) in [(1, 1, 1), (7, 3, 50), (37, 300, 97), (20, 0, 5)] {
+        // [130, 300] x [300, 97] has more multiply-adds than PARALLEL_THRESHOLD, so it
+        // is split between 3 threads.
+        for (m, k, n) in [
+            (1, 1, 1),
+            (7, 3, 50),
+            (37, 300, 97),
+            (130, 300, 97),
+            (20, 0, 5),
+        ] {
             let a = rng.uniform(m * k, -1.0, 1.0);
             let b = rng.uniform(k * n, -1.0, 1.0);
             let bias = rng.uniform(n, -1.0, 1.0);

@@ -144,6 +144,16 @@ impl PackedWeight {
     /// Computes `out = x W^T + bias` for `x` row-major `[m, k]`, `out` row-major
     /// `[m, n]` and `bias` `[n]`. The f32 and bf16 kernels write the bias tile by tile.
     pub fn matmul_transposed_bias(&self, x: &[f32], m: usize, out: &mut [f32], bias: &[f32]) {
+        let n = self.dims().0;
+        assert_eq!(
+            bias.len(),
+            n,
+            "matmul_transposed_bias: bias has {} values for {n} columns",
+            bias.len()
+        );
+        if n == 0 {
+            return;
+        }
         let threads = candle_core::utils::get_num_threads();
         match self {
             Self::F32(b) => {
@@ -204,14 +214,20 @@ pub fn linear_packed(x: &Tensor, w: &Tensor, packed: Option<&Arc<PackedWeight>>)
     Tensor::from_vec(out, (m, n), x.device())?.to_dtype(x.dtype())
 }
 
+/// Fewest rows for which [`linear_inference`] packs an f32 weight for one call. Packing
+/// reads and writes the whole weight, which costs more than the product saves for a few
+/// rows (one token at a time in `generate`).
+const MIN_ROWS_TO_PACK: usize = 256;
+
 /// Returns `x W^T + bias` for inference: `x` `[m, k]`, `w` `[n, k]`, `bias` `[n]`.
 ///
 /// For f32 CPU tensors the product runs on the kernels of `precision`, with `packed`
-/// when given (it must have been packed from `w`) or with `w` packed for this call,
-/// and the bias is written into the output before the product adds to it (tile by
-/// tile in f32 and bf16), so the `[m, n]` result is allocated once and never copied. Other tensors, and f32 with the
-/// `gemm` backend, take Candle's matmul and a broadcast add. No gradient flows to any
-/// input.
+/// when given (it must have been packed from `w`) or with `w` packed for this call
+/// (f32 packs only from 256 rows of `x`). The bias is written into the output before
+/// the product adds to it (tile by tile in f32 and bf16), so the `[m, n]` result is
+/// allocated once and never copied. Other tensors, f32 with fewer rows and no packed
+/// weight, and f32 with the `gemm` backend take Candle's matmul and a broadcast add. No
+/// gradient flows to any input.
 pub fn linear_inference(
     x: &Tensor,
     w: &Tensor,
@@ -240,7 +256,8 @@ pub fn linear_inference(
     let fused = x.device().is_cpu()
         && x.dtype() == DType::F32
         && w.dtype() == DType::F32
-        && bias.is_none_or(|bias| bias.dtype() == DType::F32);
+        && bias.is_none_or(|bias| bias.dtype() == DType::F32)
+        && (packed.is_some() || precision != Precision::F32 || m >= MIN_ROWS_TO_PACK);
     let owned;
     let packed = match packed {
         Some(packed) if fused => {

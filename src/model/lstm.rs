@@ -81,7 +81,8 @@ impl LstmLayer {
         ]
     }
 
-    /// Packs both weights for inference in `precision`, or returns `None` for f32.
+    /// Packs both weights for inference in `precision`, or returns `None` for f32 when
+    /// the `gemm` backend is selected ([`crate::kernels::f32gemm::f32_backend`]).
     pub fn pack(&self, precision: Precision) -> Result<Option<PackedLayer>> {
         let pack = |var: &Var| -> Result<Option<Arc<PackedWeight>>> {
             let (rows, cols) = var.dims2()?;

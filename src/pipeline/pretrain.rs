@@ -59,9 +59,10 @@ pub struct PretrainSpec {
     pub ar_alpha: f64,
     /// Temporal activation regularisation factor.
     pub tar_beta: f64,
-    /// Format of the matrix products (f32 in specs written before it was saved).
-    #[serde(default)]
-    pub precision: Precision,
+    /// Format of the matrix products, or `None` in specs written before it was saved
+    /// (a resumed run then takes `--precision`, f32 by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
 }
 
 impl PretrainSpec {
