@@ -725,3 +725,15 @@ fn rt_polarity_utf8_fails_with_line() {
         assert!(message.contains("--encoding latin1"), "{message}");
     }
 }
+
+#[test]
+fn missing_path_is_not_found() {
+    let dir = TempDir::new().unwrap();
+    let missing = dir.path().join("no-such-corpus");
+    // Labels required: the error is the missing path, not the plain-text format.
+    let error = read(&missing, &required()).unwrap_err();
+    assert!(matches!(error, ReadError::Io { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(message.contains("no-such-corpus"), "{message}");
+    assert!(message.contains("no such file or folder"), "{message}");
+}

@@ -95,3 +95,66 @@ fn default_model_scores_imdb_test_sample() {
     let accuracy = report["accuracy"].as_f64().unwrap();
     assert!(accuracy >= 0.85, "accuracy {accuracy} on 222 test reviews");
 }
+
+#[test]
+fn plain_text_input_honours_encoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reviews.txt");
+    // "Café" in Latin-1 (0xE9), a CRLF line end, then a blank line and a last line
+    // without a line end: three inputs.
+    std::fs::write(
+        &path,
+        b"Caf\xe9 food and a wonderful film\r\n\nDull and far too long",
+    )
+    .unwrap();
+    let file = path.to_str().unwrap();
+
+    let output = ulmfit_in(dir.path(), &["predict", "--input", file, "--json"]);
+    assert!(!output.status.success());
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(message.contains("reviews.txt:1:"), "{message}");
+    assert!(message.contains("--encoding latin1"), "{message}");
+
+    let output = ulmfit_in(
+        dir.path(),
+        &["predict", "--input", file, "--encoding", "latin1", "--json"],
+    );
+    let stdout = stdout_of(&output);
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert_eq!(lines[0]["text"], "Café food and a wonderful film");
+    assert_eq!(lines[1]["text"], "");
+    assert_eq!(lines[2]["text"], "Dull and far too long");
+}
+
+#[test]
+fn csv_output_has_label_probabilities_and_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = ulmfit_in(
+        dir.path(),
+        &[
+            "predict",
+            "--csv",
+            "A wonderful film, I loved it.",
+            "Say \"no\", then go",
+        ],
+    );
+    let stdout = stdout_of(&output);
+    let mut reader = csv::Reader::from_reader(stdout.as_bytes());
+    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    assert_eq!(header, ["label", "p_neg", "p_pos", "text"]);
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(&rows[0][0], "pos");
+    assert_eq!(&rows[1][3], "Say \"no\", then go");
+    for row in &rows {
+        let sum: f64 = (1..3).map(|i| row[i].parse::<f64>().unwrap()).sum();
+        assert!(
+            (sum - 1.0).abs() < 1e-5,
+            "probabilities of {row:?} sum to {sum}"
+        );
+    }
+}

@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::Args;
 
-use super::data::DataArgs;
+use super::data::{decode_line, DataArgs, InputName};
 use super::precision::ScorePrecision;
 use super::training::{select_device, DeviceSpec, DEVICE_HELP};
 use crate::api::to_prediction;
 use crate::pipeline::predict::{load_ensemble, LoadedClassifier, DEFAULT_PREDICT_BATCH};
+use crate::text::encoding::Encoding;
 use crate::text::readers::{detect_format, read_all, Format, LabelRequirement};
 
 /// Arguments of `ulmfit predict`.
@@ -34,7 +35,8 @@ pub struct PredictArgs {
     #[arg(long, conflicts_with = "csv")]
     pub json: bool,
 
-    /// Print CSV with a header: text, label, then one probability column per class.
+    /// Print CSV with a header: label, one probability column `p_CLASS` per class, then
+    /// the text.
     #[arg(long)]
     pub csv: bool,
 
@@ -116,9 +118,37 @@ fn read_input(path: &Path, options: &DataArgs) -> anyhow::Result<Vec<String>> {
     }
     let file =
         std::fs::File::open(path).with_context(|| format!("failed to open {}", path.display()))?;
+    read_lines(
+        std::io::BufReader::new(file),
+        &InputName::File(path.to_path_buf()),
+        options.encoding.get(),
+    )
+}
+
+/// Reads every line of `reader` in `encoding` (a leading UTF-8 byte order mark and
+/// `\r\n` line ends removed). Invalid UTF-8 is an error that names the input and line.
+fn read_lines(
+    mut reader: impl BufRead,
+    name: &InputName,
+    encoding: Encoding,
+) -> anyhow::Result<Vec<String>> {
     let mut texts = Vec::new();
-    for line in std::io::BufReader::new(file).lines() {
-        texts.push(line.with_context(|| format!("failed to read {}", path.display()))?);
+    let mut raw = Vec::new();
+    for line in 1u64.. {
+        raw.clear();
+        if reader
+            .read_until(b'\n', &mut raw)
+            .with_context(|| format!("failed to read {name}"))?
+            == 0
+        {
+            break;
+        }
+        let mut bytes = raw.strip_suffix(b"\n").unwrap_or(&raw);
+        bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        if line == 1 {
+            bytes = encoding.strip_bom(bytes);
+        }
+        texts.push(decode_line(bytes, encoding, name, line)?.into_owned());
     }
     Ok(texts)
 }
@@ -141,9 +171,8 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.input {
         texts.extend(read_input(path, &args.data_options)?);
     } else if texts.is_empty() {
-        for line in std::io::stdin().lock().lines() {
-            texts.push(line.context("failed to read standard input")?);
-        }
+        let encoding = args.data_options.encoding.get();
+        texts = read_lines(std::io::stdin().lock(), &InputName::Stdin, encoding)?;
     }
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let mut average = vec![vec![0.0f32; classes.len()]; refs.len()];
@@ -160,12 +189,14 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     let mut out = stdout.lock();
     if args.csv {
         let mut writer = csv::Writer::from_writer(out);
-        let mut header = vec!["text".to_string(), "label".to_string()];
-        header.extend(classes.iter().cloned());
+        let mut header = vec!["label".to_string()];
+        header.extend(classes.iter().map(|class| format!("p_{class}")));
+        header.push("text".to_string());
         writer.write_record(&header)?;
         for (text, row) in refs.iter().zip(&average) {
-            let mut record = vec![text.to_string(), label_text(row)];
+            let mut record = vec![label_text(row)];
             record.extend(row.iter().map(|p| p.to_string()));
+            record.push(text.to_string());
             writer.write_record(&record)?;
         }
         writer.flush()?;

@@ -312,6 +312,13 @@ pub fn detect_format(path: &Path) -> Result<Format, ReadError> {
 /// Header, column and class checks happen here, and record errors come from the
 /// iterator.
 pub fn open(path: &Path, options: &ReadOptions) -> Result<DocumentReader, ReadError> {
+    // Checked first, so that a mistyped path is not reported as a format problem.
+    if !path.exists() {
+        return Err(ReadError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"),
+        });
+    }
     if is_archive(path) && !path.is_dir() {
         return Err(ReadError::Archive {
             path: path.to_path_buf(),
