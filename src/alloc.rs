@@ -1,4 +1,4 @@
-//! A global allocator that asks Linux for transparent huge pages on large blocks.
+//! A global allocator that requests transparent huge pages from Linux for large blocks.
 //!
 //! glibc's allocator serves blocks above its mmap threshold (128 KiB at first, raised up
 //! to 32 MiB after large frees) with fresh `mmap` mappings, so such a tensor (logits,

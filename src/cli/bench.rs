@@ -44,10 +44,10 @@ pub struct LmArgs {
     #[arg(long, value_enum, default_value = "small")]
     pub preset: PresetArg,
 
-    /// Format of the matrix products of the LSTM layers and the decoder: f32, bf16
-    /// (inputs rounded to bfloat16, f32 sums, parameters kept in f32; needs
-    /// AVX512-BF16), or int8 (weights and activations quantised per row, i32 sums; needs
-    /// AVX512-VNNI, inference only, so it needs `--mode infer`). Without the
+    /// Format of the matrix products of the LSTM layers and the decoder: f32, bf16 or
+    /// int8. bf16 rounds inputs to bfloat16 with f32 sums and f32 parameters, and needs
+    /// AVX512-BF16. int8 quantises weights and activations per row with i32 sums, needs
+    /// AVX512-VNNI and serves inference only, so it needs `--mode infer`. Without the
     /// instructions the command fails.
     #[arg(long, value_enum, default_value = "f32", value_name = "FORMAT")]
     pub precision: ScorePrecision,

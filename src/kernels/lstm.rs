@@ -343,7 +343,7 @@ fn forward_rows<'a, T>(
         })
 }
 
-/// The scalar forward pass of one row.
+/// Runs the scalar forward pass of one row.
 fn forward_row<T: LstmFloat>(row: ForwardRow<'_, T>) {
     let hidden = row.c_prev.len();
     let (input, rest) = row.gates.split_at_mut(hidden);
@@ -422,7 +422,7 @@ impl<'a, T> BackwardStep<'a, T> {
     }
 }
 
-/// The scalar backward pass of one row.
+/// Runs the scalar backward pass of one row.
 fn backward_row<T: LstmFloat>(row: BackwardRow<'_, T>) {
     let one = T::one();
     let hidden = row.cell.len();
@@ -458,7 +458,9 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     pub fn forward_row(row: ForwardRow<'_, f32>) {
         let hidden = row.c_prev.len();
-        assert!(row.gates.len() == 4 * hidden && row.cell.len() == hidden && row.h.len() == hidden);
+        assert_eq!(row.gates.len(), 4 * hidden);
+        assert_eq!(row.cell.len(), hidden);
+        assert_eq!(row.h.len(), hidden);
         let (input, rest) = row.gates.split_at_mut(hidden);
         let (forget, rest) = rest.split_at_mut(hidden);
         let (candidate, output) = rest.split_at_mut(hidden);
@@ -482,9 +484,13 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     pub fn backward_row(row: BackwardRow<'_, f32>) {
         let hidden = row.cell.len();
-        assert!(row.gates.len() == 4 * hidden && row.grad_gates.len() == 4 * hidden);
-        assert!(row.c_prev.len() == hidden && row.grad_h.len() == hidden);
-        assert!(row.dh_next.len() == hidden && row.dc_next.len() == hidden);
+        assert_eq!(row.gates.len(), 4 * hidden);
+        assert_eq!(row.grad_gates.len(), 4 * hidden);
+        for part in [row.c_prev, row.grad_h, row.dh_next] {
+            assert_eq!(part.len(), hidden);
+        }
+        assert_eq!(row.dc_next.len(), hidden);
+
         let (input, rest) = row.gates.split_at(hidden);
         let (forget, rest) = rest.split_at(hidden);
         let (candidate, output) = rest.split_at(hidden);

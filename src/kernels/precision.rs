@@ -214,7 +214,7 @@ pub fn linear_packed(x: &Tensor, w: &Tensor, packed: Option<&Arc<PackedWeight>>)
     Tensor::from_vec(out, (m, n), x.device())?.to_dtype(x.dtype())
 }
 
-/// Fewest rows for which [`linear_inference`] packs an f32 weight for one call. Packing
+/// Minimum number of rows for which [`linear_inference`] packs an f32 weight for one call. Packing
 /// reads and writes the whole weight, which costs more than the product saves for a few
 /// rows (one token at a time in `generate`).
 const MIN_ROWS_TO_PACK: usize = 256;
