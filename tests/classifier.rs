@@ -539,23 +539,34 @@ fn classify_resume_matches_uninterrupted_run() {
         "3",
     ];
     let full = dir.path().join("full");
+    let full_log = dir.path().join("full.jsonl");
     let mut args = common.to_vec();
     args.extend(["--out", full.to_str().unwrap()]);
+    args.extend(["--log-json", full_log.to_str().unwrap()]);
     ulmfit(&args);
     assert!(
         full.join("checkpoint-stage-1").is_dir(),
         "a stage checkpoint is written"
     );
 
-    // The same run stopped after 5 optimizer steps, then resumed from its folder.
+    // The same run stopped after 5 optimizer steps, then resumed from its folder without
+    // `--log-json`, which keeps appending to the log of the first part.
     let parted = dir.path().join("parted");
+    let parted_log = dir.path().join("parted.jsonl");
     let mut args = common.to_vec();
     args.extend(["--out", parted.to_str().unwrap(), "--max-steps", "5"]);
+    args.extend(["--log-json", parted_log.to_str().unwrap()]);
     let stopped = ulmfit(&args);
     assert!(String::from_utf8_lossy(&stopped.stdout).contains("\"stopped\":true"));
+    let logged_before_resume = epoch_log(&parted_log).len();
     let mut args = common.to_vec();
     args.extend(["--resume", parted.to_str().unwrap()]);
     ulmfit(&args);
+    let full_epochs = epoch_log(&full_log);
+    let parted_epochs = epoch_log(&parted_log);
+    assert_eq!(full_epochs.len(), 4, "one epoch in each of the four stages");
+    assert!(logged_before_resume < parted_epochs.len());
+    assert_eq!(parted_epochs, full_epochs);
 
     let weights = |folder: &std::path::Path| {
         let tensors = candle_core::safetensors::load(
@@ -600,6 +611,21 @@ fn classify_resume_matches_uninterrupted_run() {
     assert!(message.contains("precision"), "{message}");
 }
 
+/// Reads a `--log-json` file as (stage, epoch, valid loss) per line.
+fn epoch_log(path: &std::path::Path) -> Vec<(String, u64, f64)> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|line| {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap();
+            (
+                record["stage"].as_str().unwrap().to_string(),
+                record["epoch"].as_u64().unwrap(),
+                record["valid_loss"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn lm_finetune_resume_matches_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -622,16 +648,23 @@ fn lm_finetune_resume_matches_uninterrupted_run() {
         "2",
     ];
     let full = dir.path().join("full");
+    let full_log = dir.path().join("full.jsonl");
     let mut args = common.to_vec();
     args.extend(["--out", full.to_str().unwrap()]);
+    args.extend(["--log-json", full_log.to_str().unwrap()]);
     ulmfit(&args);
 
     let parted = dir.path().join("parted");
+    let parted_log = dir.path().join("parted.jsonl");
     let mut args = common.to_vec();
     args.extend(["--out", parted.to_str().unwrap(), "--max-steps", "3"]);
+    args.extend(["--log-json", parted_log.to_str().unwrap()]);
     let stopped = ulmfit(&args);
     assert!(String::from_utf8_lossy(&stopped.stdout).contains("\"stopped\":true"));
     ulmfit(&["lm-finetune", "--resume", parted.to_str().unwrap()]);
+    let full_epochs = epoch_log(&full_log);
+    assert_eq!(full_epochs.len(), 2, "one frozen and one unfrozen epoch");
+    assert_eq!(epoch_log(&parted_log), full_epochs);
 
     let full_weights = std::fs::read(full.join("model.safetensors")).unwrap();
     let resumed_weights = std::fs::read(parted.join("model.safetensors")).unwrap();

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::data::DataArgs;
 use super::precision::TrainPrecision;
-use super::training::{run_folder, select_device, DeviceSpec, DEVICE_HELP};
+use super::training::{log_file_of_run, run_folder, select_device, DeviceSpec, DEVICE_HELP};
 use crate::model::classifier::{DEFAULT_BPTT, DEFAULT_HEAD_HIDDEN, DEFAULT_MAX_LEN};
 use crate::model::{Classifier, ClassifierConfig, DropoutConfig};
 use crate::pipeline::classify::{
@@ -146,7 +146,8 @@ pub struct ClassifyArgs {
     #[arg(long, default_value_t = 0, value_name = "S")]
     pub seed: u64,
 
-    /// Append one JSON object per epoch to this file.
+    /// Append one JSON object per epoch to this file. The run folder records it, so
+    /// `--resume` without this option keeps appending to the same file.
     #[arg(long, value_name = "FILE")]
     pub log_json: Option<PathBuf>,
 
@@ -433,7 +434,7 @@ pub fn run(mut args: ClassifyArgs, progress: bool) -> anyhow::Result<()> {
         })
         .collect();
     let run_options = RunOptions {
-        json_log: args.log_json.clone(),
+        json_log: log_file_of_run(&out, args.log_json.as_deref(), resuming)?,
         progress,
         item_unit: "documents",
         ..RunOptions::default()

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use super::data::DataArgs;
 use super::precision::TrainPrecision;
-use super::training::{run_folder, select_device, settings_of_run, DeviceSpec, DEVICE_HELP};
+use super::training::{
+    log_file_of_run, run_folder, select_device, settings_of_run, DeviceSpec, DEVICE_HELP,
+};
 use crate::pipeline::finetune::{
     finetune, prepare_model, target_vocab, tokenize, write_tokens, FinetuneSchedule, StageRun,
     FINETUNE_DROPOUT_MULTIPLIER, FROZEN_LR, STAGE_CHECKPOINT_PREFIX, UNFROZEN_LR,
@@ -149,7 +151,8 @@ pub struct LmFinetuneArgs {
     #[arg(long, value_name = "N", hide = true)]
     pub max_steps: Option<usize>,
 
-    /// Append one JSON object per epoch to this file.
+    /// Append one JSON object per epoch to this file. The run folder records it, so
+    /// `--resume` without this option keeps appending to the same file.
     #[arg(long, value_name = "FILE")]
     pub log_json: Option<PathBuf>,
 
@@ -259,7 +262,7 @@ pub fn run(args: LmFinetuneArgs, progress: bool) -> anyhow::Result<()> {
         max_steps: args.max_steps,
     };
     let run_options = RunOptions {
-        json_log: args.log_json.clone(),
+        json_log: log_file_of_run(&out, args.log_json.as_deref(), resuming)?,
         progress,
         item_unit: "tokens",
         ..RunOptions::default()

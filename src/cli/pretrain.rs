@@ -17,7 +17,7 @@ use super::corpus::{document_spinner, for_each_chunk};
 use super::data::DataArgs;
 use super::numericalize::{encode_documents, load_tokenizer};
 use super::precision::TrainPrecision;
-use super::training::{select_device, DeviceSpec, DEVICE_HELP};
+use super::training::{log_file_of_run, select_device, DeviceSpec, DEVICE_HELP};
 use super::vocab::count_tokens;
 use crate::kernels::precision::Precision;
 use crate::model::{AwdLstmConfig, DEFAULT_AR_ALPHA, DEFAULT_TAR_BETA};
@@ -137,7 +137,8 @@ pub struct PretrainArgs {
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
 
-    /// Append one JSON object per epoch to this file.
+    /// Append one JSON object per epoch to this file. The run folder records it, so
+    /// `--resume` without this option keeps appending to the same file.
     #[arg(long, value_name = "FILE")]
     pub log_json: Option<PathBuf>,
 
@@ -237,7 +238,7 @@ pub fn run_pretrain(args: PretrainArgs, progress: bool) -> anyhow::Result<()> {
     let options = RunOptions {
         checkpoint_dir: Some(checkpoint_dir),
         config: serde_json::to_value(&spec)?,
-        json_log: args.log_json.clone(),
+        json_log: log_file_of_run(&dir, args.log_json.as_deref(), resuming)?,
         progress,
         item_unit: "tokens",
         ..RunOptions::default()

@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use candle_core::Device;
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::train::TrainError;
+use crate::train::{TrainError, LOG_PATH_FILE};
 
 /// Help text of every command's `--device` option.
 pub const DEVICE_HELP: &str = "Device to run on: `cpu`, `cuda` (the first GPU) or `cuda:N` (GPU number N, counted from 0). CUDA needs a build with `--features cuda`";
@@ -194,9 +194,97 @@ pub fn settings_of_run<S: Serialize + DeserializeOwned>(
     serde_json::from_value(saved).with_context(|| format!("invalid {}", path.display()))
 }
 
+/// Returns the file that receives the run's per-epoch JSON log. A given `--log-json` is
+/// recorded in the run folder as an absolute path, so a resumed run without the option
+/// appends to the same file, from any working folder. A new run without the option
+/// removes an old record.
+pub fn log_file_of_run(
+    dir: &Path,
+    given: Option<&Path>,
+    resuming: bool,
+) -> anyhow::Result<Option<PathBuf>> {
+    let record = dir.join(LOG_PATH_FILE);
+    if let Some(path) = given {
+        let absolute = std::path::absolute(path)
+            .with_context(|| format!("invalid --log-json {}", path.display()))?;
+        match absolute.to_str() {
+            Some(text) => {
+                fs::create_dir_all(dir)
+                    .with_context(|| format!("failed to create {}", dir.display()))?;
+                fs::write(&record, format!("{text}\n"))
+                    .with_context(|| format!("failed to write {}", record.display()))?;
+            }
+            None => tracing::warn!(
+                "--log-json {} is not valid UTF-8, so it is not recorded for --resume",
+                path.display()
+            ),
+        }
+        return Ok(Some(absolute));
+    }
+    if !resuming {
+        match fs::remove_file(&record) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                return Err(error)
+                    .with_context(|| format!("failed to remove {}", record.display()));
+            }
+            _ => return Ok(None),
+        }
+    }
+    let text = match fs::read_to_string(&record) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => {
+            return Err(error).with_context(|| format!("failed to read {}", record.display()))
+        }
+    };
+    let path = PathBuf::from(text.trim_end_matches(['\n', '\r']));
+    if path.as_os_str().is_empty() {
+        bail!(
+            "{} is empty; give --log-json FILE or delete it",
+            record.display()
+        );
+    }
+    tracing::info!("appending the per-epoch log to {}", path.display());
+    Ok(Some(path))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_file_is_recorded_for_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        let log = dir.path().join("epochs.jsonl");
+        let recorded = log_file_of_run(&run, Some(&log), false).unwrap();
+        assert_eq!(recorded.as_deref(), Some(log.as_path()));
+        let resumed = log_file_of_run(&run, None, true).unwrap();
+        assert_eq!(resumed.as_deref(), Some(log.as_path()));
+
+        // A log given on resume replaces the recorded one.
+        let other = dir.path().join("other.jsonl");
+        log_file_of_run(&run, Some(&other), true).unwrap();
+        let resumed = log_file_of_run(&run, None, true).unwrap();
+        assert_eq!(resumed.as_deref(), Some(other.as_path()));
+
+        // A new run without a log removes the old record.
+        assert_eq!(log_file_of_run(&run, None, false).unwrap(), None);
+        assert!(!run.join(LOG_PATH_FILE).exists());
+        assert_eq!(log_file_of_run(&run, None, true).unwrap(), None);
+    }
+
+    #[test]
+    fn relative_log_file_is_recorded_absolute() {
+        let dir = tempfile::tempdir().unwrap();
+        let recorded = log_file_of_run(dir.path(), Some(Path::new("epochs.jsonl")), false)
+            .unwrap()
+            .unwrap();
+        assert!(recorded.is_absolute(), "{}", recorded.display());
+        assert!(recorded.ends_with("epochs.jsonl"));
+        let resumed = log_file_of_run(dir.path(), None, true).unwrap();
+        assert_eq!(resumed, Some(recorded));
+    }
 
     #[test]
     fn device_spec_parses_names() {

@@ -128,6 +128,23 @@ struct HeadBlock {
     dropout: f32,
 }
 
+impl HeadBlock {
+    /// Returns the running mean and variance under their canonical names for block
+    /// `index` of the head.
+    fn running_statistics(&self, index: usize) -> [(String, Tensor); 2] {
+        [
+            (
+                format!("head.{index}.bn.running_mean"),
+                self.running_mean.clone(),
+            ),
+            (
+                format!("head.{index}.bn.running_var"),
+                self.running_var.clone(),
+            ),
+        ]
+    }
+}
+
 /// The ULMFiT classifier. Forward passes do not keep a hidden state between calls, so
 /// eval-mode scoring takes `&self` and may run from several threads at once.
 #[derive(Debug)]
@@ -289,20 +306,48 @@ impl Classifier {
                 format!("head.{index}.bn.bias"),
                 block.bn_bias.as_tensor().clone(),
             ));
-            named.push((
-                format!("head.{index}.bn.running_mean"),
-                block.running_mean.clone(),
-            ));
-            named.push((
-                format!("head.{index}.bn.running_var"),
-                block.running_var.clone(),
-            ));
+            named.extend(block.running_statistics(index));
             named.push((
                 format!("head.{index}.linear.weight"),
                 block.linear.as_tensor().clone(),
             ));
         }
         named
+    }
+
+    /// Returns the running statistics of every head BatchNorm under their canonical names
+    /// (`head.{j}.bn.running_mean`, `head.{j}.bn.running_var`).
+    pub fn running_statistics(&self) -> Vec<(String, Tensor)> {
+        let blocks = self.head.iter().enumerate();
+        blocks
+            .flat_map(|(index, block)| block.running_statistics(index))
+            .collect()
+    }
+
+    /// Replaces the running statistics named in `tensors` (see
+    /// [`Self::running_statistics`]). Statistics that `tensors` lacks keep their values,
+    /// and a tensor of the wrong shape is an error that names it.
+    pub fn set_running_statistics(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        for (index, block) in self.head.iter_mut().enumerate() {
+            for (stat, target) in [
+                ("running_mean", &mut block.running_mean),
+                ("running_var", &mut block.running_var),
+            ] {
+                let name = format!("head.{index}.bn.{stat}");
+                let Some(value) = tensors.get(&name) else {
+                    continue;
+                };
+                if value.dims() != target.dims() {
+                    return Err(ModelError::InvalidInput(format!(
+                        "`{name}` has shape {:?} but the head expects {:?}",
+                        value.dims(),
+                        target.dims()
+                    )));
+                }
+                *target = value.to_device(target.device())?.to_dtype(target.dtype())?;
+            }
+        }
+        Ok(())
     }
 
     /// Builds a classifier from tensors under canonical names (see
@@ -929,6 +974,51 @@ mod tests {
         let want_var: Vec<f64> = variances.iter().map(|v| 0.9 + 0.1 * v).collect();
         assert_close(&model.head[0].running_mean, &want_mean, "running_mean");
         assert_close(&model.head[0].running_var, &want_var, "running_var");
+    }
+
+    #[test]
+    fn running_stats_move_between_models() {
+        let mut trained = small();
+        let docs = documents();
+        let refs: Vec<&[u32]> = docs.iter().map(Vec::as_slice).collect();
+        trained
+            .forward_train(&refs, &[false; 4], &mut Rng::seed(1))
+            .unwrap();
+        let stats = trained.running_statistics();
+        assert_eq!(stats.len(), 2 * trained.head.len());
+        let mut fresh = small();
+        let before = fresh
+            .predict(&refs)
+            .unwrap()
+            .logits
+            .to_vec2::<f32>()
+            .unwrap();
+        let map: HashMap<String, Tensor> = stats.into_iter().collect();
+        fresh.set_running_statistics(&map).unwrap();
+        let want = trained
+            .predict(&refs)
+            .unwrap()
+            .logits
+            .to_vec2::<f32>()
+            .unwrap();
+        let got = fresh
+            .predict(&refs)
+            .unwrap()
+            .logits
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_ne!(before, want, "training moved the running statistics");
+        assert_eq!(got, want);
+
+        let wrong = HashMap::from([(
+            "head.1.bn.running_var".to_string(),
+            Tensor::ones(3, DType::F32, &Device::Cpu).unwrap(),
+        )]);
+        let error = fresh
+            .set_running_statistics(&wrong)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("head.1.bn.running_var"), "{error}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The classifier stage: labelled documents, the trainer task, and fastai's gradual
 //! unfreezing recipe for text classifiers.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use anyhow::bail;
@@ -608,6 +608,16 @@ impl TrainTask for ClassifierTask {
 
     fn set_frozen(&mut self, frozen: &[bool]) {
         self.frozen = frozen.to_vec();
+    }
+
+    /// Returns the head's BatchNorm running statistics, which training updates outside
+    /// the optimizer and validation reads.
+    fn buffers(&self) -> Vec<(String, Tensor)> {
+        self.model.running_statistics()
+    }
+
+    fn restore_buffers(&mut self, tensors: &HashMap<String, Tensor>) -> anyhow::Result<()> {
+        Ok(self.model.set_running_statistics(tensors)?)
     }
 }
 

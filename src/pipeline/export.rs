@@ -181,7 +181,7 @@ pub fn export_model_folder(
             continue;
         }
         let is_token_file = path.extension().is_some_and(|ext| ext == "tok");
-        if !path.is_file() || is_token_file {
+        if !path.is_file() || is_token_file || name == crate::train::LOG_PATH_FILE {
             skipped.push(name);
             continue;
         }

@@ -23,7 +23,7 @@ pub use metrics::{accuracy, perplexity, ConfusionMatrix, Metrics};
 pub use optimizer::{AdamConfig, AdamW};
 pub use progress::EpochRecord;
 pub use schedule::{one_cycle, sched_cos, stlr, OneCycle, Schedule, Stlr};
-pub use trainer::{BatchIter, RunOptions, TrainSettings, TrainTask, Trainer};
+pub use trainer::{BatchIter, RunOptions, TrainSettings, TrainTask, Trainer, LOG_PATH_FILE};
 
 use std::path::PathBuf;
 

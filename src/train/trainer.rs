@@ -72,12 +72,67 @@ pub trait TrainTask {
         Ok(())
     }
 
+    /// Returns model tensors that training changes outside the optimizer (such as
+    /// BatchNorm running statistics) under names distinct from the parameters'.
+    /// Checkpoints store them next to the weights, and a resumed run restores them.
+    fn buffers(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+
+    /// Restores tensors returned by [`Self::buffers`] when a run resumes. `tensors`
+    /// holds those found in the checkpoint, each with its saved shape.
+    fn restore_buffers(&mut self, tensors: &HashMap<String, Tensor>) -> anyhow::Result<()> {
+        let _ = tensors;
+        Ok(())
+    }
+
     /// Receives, for each group, whether it is frozen. A task may read frozen weights
     /// through detached tensors so the backward pass skips them; the trainer already
     /// ignores their gradients.
     fn set_frozen(&mut self, frozen: &[bool]) {
         let _ = frozen;
     }
+}
+
+/// Restores the task's buffers from the weights of the checkpoint in `dir`. A checkpoint
+/// written before its task had buffers lacks them, so those keep their current values
+/// with a warning.
+fn restore_buffers<T: TrainTask>(
+    task: &mut T,
+    weights: &HashMap<String, Tensor>,
+    dir: &Path,
+) -> Result<()> {
+    let buffers = task.buffers();
+    if buffers.is_empty() {
+        return Ok(());
+    }
+    let mut restored = HashMap::new();
+    let mut missing = Vec::new();
+    for (name, current) in buffers {
+        let Some(saved) = weights.get(&name) else {
+            missing.push(name);
+            continue;
+        };
+        if saved.dims() != current.dims() {
+            return Err(TrainError::Checkpoint {
+                path: dir.join(checkpoint::WEIGHTS_FILE),
+                reason: format!(
+                    "buffer `{name}` has shape {:?} but the model expects {:?}",
+                    saved.dims(),
+                    current.dims()
+                ),
+            });
+        }
+        restored.insert(name, saved.to_dtype(current.dtype())?);
+    }
+    if !missing.is_empty() {
+        tracing::warn!(
+            "{} has no {}, so the resumed run starts them from their current values",
+            dir.join(checkpoint::WEIGHTS_FILE).display(),
+            missing.join(", ")
+        );
+    }
+    task.restore_buffers(&restored).map_err(TrainError::Task)
 }
 
 /// Prefix of carried task state in a checkpoint's optimizer file.
@@ -166,6 +221,10 @@ impl TrainSettings {
         Ok(())
     }
 }
+
+/// File in a run folder that stores the absolute path of the run's per-epoch JSON log, so
+/// that a resumed run keeps appending to it.
+pub const LOG_PATH_FILE: &str = "log-json-path.txt";
 
 /// Options of one run that do not affect the result and are not checked on resume.
 #[derive(Debug, Clone)]
@@ -369,6 +428,7 @@ impl Trainer {
                 param.var.set(&saved.to_dtype(param.var.dtype())?)?;
             }
         }
+        restore_buffers(task, &ckpt.weights, &ckpt.dir)?;
         let (carried, moments): (HashMap<_, _>, HashMap<_, _>) = ckpt
             .optimizer
             .into_iter()
@@ -425,6 +485,9 @@ impl Trainer {
             for param in &group.params {
                 weights.insert(param.name.clone(), param.var.as_tensor().clone());
             }
+        }
+        for (name, tensor) in task.buffers() {
+            weights.insert(name, tensor);
         }
         let (mut moments, steps) = self.optimizer.state_tensors();
         for (name, tensor) in task.carried_state() {
