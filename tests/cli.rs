@@ -538,3 +538,17 @@ fn vocab_build_is_identical_across_processes() {
     assert_eq!(first.token(10), Some("qab"));
     assert_eq!(first.token(9 + 25), Some("qba"));
 }
+
+#[test]
+fn help_lists_global_options_apart() {
+    let output = ulmfit(&["predict", "--help"]);
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    let heading = help
+        .find("Global options:")
+        .expect("a global options heading");
+    let own = help.find("--batch-size").expect("predict's --batch-size");
+    let threads = help.find("--threads").expect("the global --threads");
+    assert!(own < heading, "{help}");
+    assert!(heading < threads, "{help}");
+}

@@ -28,21 +28,25 @@ use tracing_subscriber::EnvFilter;
 
 pub use data::DataArgs;
 
-/// ULMFiT text classification: tokenize text as fastai does, build vocabularies and
-/// numericalized corpora.
+/// Help heading of the options that every command accepts.
+const GLOBAL_OPTIONS: &str = "Global options";
+
+/// ULMFiT text classification: pretrain and fine-tune AWD-LSTM language models, train
+/// text and image classifiers, and score text with them.
 #[derive(Debug, Parser)]
 #[command(name = "ulmfit", version, about, max_term_width = 100)]
 pub struct Cli {
     /// More log output on stderr (-v debug, -vv trace). `RUST_LOG` overrides it.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "quiet")]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "quiet",
+          help_heading = GLOBAL_OPTIONS)]
     pub verbose: u8,
 
     /// Print only errors on stderr: no summaries, warnings or progress bars.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, help_heading = GLOBAL_OPTIONS)]
     pub quiet: bool,
 
     /// Worker threads for parallel work, at most 1024 (0 uses one per CPU core).
-    #[arg(long, global = true, default_value_t = 0, value_name = "N",
+    #[arg(long, global = true, default_value_t = 0, value_name = "N", help_heading = GLOBAL_OPTIONS,
           value_parser = clap::value_parser!(u16).range(0..=1024))]
     pub threads: u16,
 
