@@ -514,19 +514,15 @@ fn tiny_encoder(dir: &std::path::Path) -> (String, std::path::PathBuf) {
     (lm, corpus)
 }
 
-#[test]
-fn classify_resume_matches_uninterrupted_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let (lm, _) = tiny_encoder(dir.path());
-    let train = dir.path().join("train.jsonl");
-    write_reviews(&train, 80, 5);
-    let train_arg = train.to_str().unwrap();
-    let common = [
+/// Returns the `classify` arguments of the resume tests: batches of 8, checkpoints every
+/// 2 steps, one epoch per stage.
+fn resume_test_args<'a>(lm: &'a str, train: &'a str) -> [&'a str; 15] {
+    [
         "classify",
         "--encoder",
-        lm.as_str(),
+        lm,
         "--data",
-        train_arg,
+        train,
         "--batch-size",
         "8",
         "--bptt",
@@ -537,7 +533,17 @@ fn classify_resume_matches_uninterrupted_run() {
         "2",
         "--seed",
         "3",
-    ];
+    ]
+}
+
+#[test]
+fn classify_resume_matches_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (lm, _) = tiny_encoder(dir.path());
+    let train = dir.path().join("train.jsonl");
+    write_reviews(&train, 80, 5);
+    let train_arg = train.to_str().unwrap();
+    let common = resume_test_args(&lm, train_arg);
     let full = dir.path().join("full");
     let full_log = dir.path().join("full.jsonl");
     let mut args = common.to_vec();
@@ -609,6 +615,56 @@ fn classify_resume_matches_uninterrupted_run() {
     assert!(saved.contains("\"precision\": \"f32\""), "{saved}");
     let message = resume_with("--precision", "bf16");
     assert!(message.contains("precision"), "{message}");
+}
+
+/// A run that stopped after logging the end of stage 1 but before replacing that stage's
+/// checkpoint: the log already has the stage's record, and the last checkpoint survives
+/// only as the `.old` folder that a save renames it to. Resuming must read that folder
+/// and must not log the stage again.
+#[test]
+fn classify_resume_after_crash_logs_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (lm, _) = tiny_encoder(dir.path());
+    let train = dir.path().join("train.jsonl");
+    write_reviews(&train, 80, 5);
+    let common = resume_test_args(&lm, train.to_str().unwrap());
+    let full = dir.path().join("full");
+    let full_log = dir.path().join("full.jsonl");
+    let mut args = common.to_vec();
+    args.extend(["--out", full.to_str().unwrap()]);
+    args.extend(["--log-json", full_log.to_str().unwrap()]);
+    ulmfit(&args);
+    let full_text = std::fs::read_to_string(&full_log).unwrap();
+    let first_record = full_text.lines().next().unwrap();
+    assert!(first_record.contains("classify stage 1"), "{first_record}");
+
+    // 72 training reviews in batches of 8 make 9 steps per stage, so step 8 is the last
+    // checkpoint before the end of stage 1.
+    let crashed = dir.path().join("crashed");
+    let crashed_log = dir.path().join("crashed.jsonl");
+    let mut args = common.to_vec();
+    args.extend(["--out", crashed.to_str().unwrap(), "--max-steps", "8"]);
+    args.extend(["--log-json", crashed_log.to_str().unwrap()]);
+    ulmfit(&args);
+    assert_eq!(
+        epoch_log(&crashed_log).len(),
+        0,
+        "no stage finished by step 8"
+    );
+    std::fs::write(&crashed_log, format!("{first_record}\n")).unwrap();
+    std::fs::rename(
+        crashed.join("checkpoint-stage-1"),
+        crashed.join(".checkpoint-stage-1.old"),
+    )
+    .unwrap();
+
+    let mut args = common.to_vec();
+    args.extend(["--resume", crashed.to_str().unwrap()]);
+    ulmfit(&args);
+    assert_eq!(epoch_log(&crashed_log), epoch_log(&full_log));
+    let full_weights = std::fs::read(full.join("model.safetensors")).unwrap();
+    let resumed_weights = std::fs::read(crashed.join("model.safetensors")).unwrap();
+    assert!(full_weights == resumed_weights, "resumed weights differ");
 }
 
 /// Reads a `--log-json` file as (stage, epoch, valid loss) per line.

@@ -446,7 +446,10 @@ pub fn run(mut args: ClassifyArgs, progress: bool) -> anyhow::Result<()> {
     };
     let outcome = run_stages(&mut task, &stages, &stage_run, &run_options)?;
     if !outcome.finished {
-        println!("{}", serde_json::json!({ "stopped": true, "resume": out }));
+        println!(
+            "{}",
+            serde_json::json!({ "stopped": true, "resume": out.display().to_string() })
+        );
         return Ok(());
     }
     let records = outcome.records;
@@ -468,7 +471,7 @@ pub fn run(mut args: ClassifyArgs, progress: bool) -> anyhow::Result<()> {
         }),
     };
     save_classifier(&out, &folder, task.model(), &args.encoder)?;
-    let mut summary = serde_json::json!({ "model": out, "classes": classes });
+    let mut summary = serde_json::json!({ "model": out.display().to_string(), "classes": classes });
     if let Some(last) = records.last() {
         summary["train_loss"] = last.train_loss.into();
     }

@@ -282,7 +282,7 @@ pub fn run(args: LmFinetuneArgs, progress: bool) -> anyhow::Result<()> {
     if !outcome.finished {
         println!(
             "{}",
-            serde_json::json!({ "stopped": true, "resume": out, "epochs_run": outcome.records.len() })
+            serde_json::json!({ "stopped": true, "resume": out.display().to_string(), "epochs_run": outcome.records.len() })
         );
         return Ok(());
     }
@@ -299,7 +299,8 @@ pub fn run(args: LmFinetuneArgs, progress: bool) -> anyhow::Result<()> {
     };
     model_folder::save(&out, &folder, &model, &vocab, &rules, subword.as_ref())
         .with_context(|| format!("failed to write the model folder {}", out.display()))?;
-    let mut summary = serde_json::json!({ "model": out, "vocab_size": vocab.len() });
+    let mut summary =
+        serde_json::json!({ "model": out.display().to_string(), "vocab_size": vocab.len() });
     if let Some(last) = records.last() {
         summary["train_loss"] = last.train_loss.into();
         summary["valid_loss"] = last.valid_loss.into();

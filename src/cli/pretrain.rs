@@ -260,7 +260,7 @@ pub fn run_pretrain(args: PretrainArgs, progress: bool) -> anyhow::Result<()> {
     )
     .with_context(|| format!("failed to write the model folder {}", dir.display()))?;
 
-    let mut summary = serde_json::json!({ "model": dir, "epochs_run": outcome.records.len() });
+    let mut summary = serde_json::json!({ "model": dir.display().to_string(), "epochs_run": outcome.records.len() });
     if let Some(last) = outcome.records.last() {
         summary["epoch"] = last.epoch.into();
         summary["train_loss"] = last.train_loss.into();

@@ -137,11 +137,14 @@ pub fn run_folder(
     Ok(dir)
 }
 
+/// Returns whether `dir` has an entry named `prefix...`, or `.prefix...` as the trainer
+/// leaves during a save.
 fn has_checkpoints(dir: &Path, prefix: &str) -> bool {
     fs::read_dir(dir).is_ok_and(|entries| {
-        entries
-            .flatten()
-            .any(|entry| entry.file_name().to_string_lossy().starts_with(prefix))
+        entries.flatten().any(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            name.strip_prefix('.').unwrap_or(&name).starts_with(prefix)
+        })
     })
 }
 
@@ -195,8 +198,9 @@ pub fn settings_of_run<S: Serialize + DeserializeOwned>(
 }
 
 /// Returns the file that receives the run's per-epoch JSON log. A given `--log-json` is
-/// recorded in the run folder as an absolute path, so a resumed run without the option
-/// appends to the same file, from any working folder. A new run without the option
+/// opened for appending (its folder created) so that a bad path fails before training,
+/// then recorded in the run folder as an absolute path. A resumed run without the option
+/// appends to the recorded file, from any working folder. A new run without the option
 /// removes an old record.
 pub fn log_file_of_run(
     dir: &Path,
@@ -204,48 +208,93 @@ pub fn log_file_of_run(
     resuming: bool,
 ) -> anyhow::Result<Option<PathBuf>> {
     let record = dir.join(LOG_PATH_FILE);
-    if let Some(path) = given {
-        let absolute = std::path::absolute(path)
-            .with_context(|| format!("invalid --log-json {}", path.display()))?;
-        match absolute.to_str() {
-            Some(text) => {
-                fs::create_dir_all(dir)
-                    .with_context(|| format!("failed to create {}", dir.display()))?;
-                fs::write(&record, format!("{text}\n"))
-                    .with_context(|| format!("failed to write {}", record.display()))?;
-            }
-            None => tracing::warn!(
-                "--log-json {} is not valid UTF-8, so it is not recorded for --resume",
+    let Some(path) = given else {
+        return recorded_log_file(&record, resuming);
+    };
+    let absolute = std::path::absolute(path)
+        .with_context(|| format!("invalid --log-json {}", path.display()))?;
+    if let Some(parent) = absolute.parent() {
+        fs::create_dir_all(parent).with_context(|| {
+            format!(
+                "failed to create the folder of --log-json {}",
                 path.display()
-            ),
-        }
-        return Ok(Some(absolute));
+            )
+        })?;
     }
+    fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&absolute)
+        .with_context(|| format!("failed to open --log-json {}", path.display()))?;
+    fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    match path_bytes(&absolute) {
+        Some(bytes) => fs::write(&record, bytes)
+            .with_context(|| format!("failed to write {}", record.display()))?,
+        None => {
+            remove_if_present(&record)?;
+            tracing::warn!(
+                "--log-json {} is not valid Unicode, so a resumed run needs it again",
+                path.display()
+            );
+        }
+    }
+    Ok(Some(absolute))
+}
+
+/// Returns the log file recorded in `record` when resuming. A new run removes the record.
+fn recorded_log_file(record: &Path, resuming: bool) -> anyhow::Result<Option<PathBuf>> {
     if !resuming {
-        match fs::remove_file(&record) {
-            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-                return Err(error)
-                    .with_context(|| format!("failed to remove {}", record.display()));
-            }
-            _ => return Ok(None),
-        }
+        remove_if_present(record)?;
+        return Ok(None);
     }
-    let text = match fs::read_to_string(&record) {
-        Ok(text) => text,
+    let bytes = match fs::read(record) {
+        Ok(bytes) => bytes,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(error) => {
             return Err(error).with_context(|| format!("failed to read {}", record.display()))
         }
     };
-    let path = PathBuf::from(text.trim_end_matches(['\n', '\r']));
-    if path.as_os_str().is_empty() {
+    let Some(path) = path_from_bytes(bytes).filter(|path| !path.as_os_str().is_empty()) else {
         bail!(
-            "{} is empty; give --log-json FILE or delete it",
+            "{} does not contain a file path; give --log-json FILE or delete it",
             record.display()
         );
-    }
+    };
     tracing::info!("appending the per-epoch log to {}", path.display());
     Ok(Some(path))
+}
+
+fn remove_if_present(path: &Path) -> anyhow::Result<()> {
+    match fs::remove_file(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            Err(error).with_context(|| format!("failed to remove {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Returns the bytes of `path` as the operating system stores them. Unix paths are
+/// arbitrary bytes; elsewhere only Unicode paths are stored.
+#[cfg(unix)]
+fn path_bytes(path: &Path) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    Some(path.as_os_str().as_bytes().to_vec())
+}
+
+#[cfg(not(unix))]
+fn path_bytes(path: &Path) -> Option<Vec<u8>> {
+    path.to_str().map(|text| text.as_bytes().to_vec())
+}
+
+#[cfg(unix)]
+fn path_from_bytes(bytes: Vec<u8>) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStringExt;
+    Some(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
+}
+
+#[cfg(not(unix))]
+fn path_from_bytes(bytes: Vec<u8>) -> Option<PathBuf> {
+    String::from_utf8(bytes).ok().map(PathBuf::from)
 }
 
 #[cfg(test)]
@@ -272,6 +321,35 @@ mod tests {
         assert_eq!(log_file_of_run(&run, None, false).unwrap(), None);
         assert!(!run.join(LOG_PATH_FILE).exists());
         assert_eq!(log_file_of_run(&run, None, true).unwrap(), None);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn unusual_log_file_names_survive_resume() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        let names: [&[u8]; 3] = [b"log.jsonl\r", b"log\n.jsonl\n", b"log-\xff.jsonl"];
+        for name in names {
+            let log = dir.path().join(std::ffi::OsStr::from_bytes(name));
+            log_file_of_run(&run, Some(&log), false).unwrap();
+            let resumed = log_file_of_run(&run, None, true).unwrap();
+            assert_eq!(resumed.as_deref(), Some(log.as_path()));
+        }
+    }
+
+    #[test]
+    fn log_file_folder_is_created_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("logs").join("epochs.jsonl");
+        log_file_of_run(&dir.path().join("run"), Some(&log), false).unwrap();
+        assert!(log.is_file(), "the log file is created before training");
+        let blocked = dir.path().join("epochs.jsonl").join("x.jsonl");
+        std::fs::write(dir.path().join("epochs.jsonl"), "").unwrap();
+        let error = log_file_of_run(&dir.path().join("run"), Some(&blocked), false)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--log-json"), "{error}");
     }
 
     #[test]

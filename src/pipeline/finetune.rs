@@ -13,8 +13,8 @@ use crate::text::token_file::{TokenFile, TokenFileWriter};
 use crate::text::tokenizer::Tokenizer;
 use crate::text::vocab::{TokenCounter, Vocab};
 use crate::train::{
-    AdamConfig, EpochRecord, LrSpec, OneCycle, RunOptions, Schedule, TrainSettings, TrainTask,
-    Trainer,
+    checkpoint, AdamConfig, EpochRecord, LrSpec, OneCycle, RunOptions, Schedule, TrainSettings,
+    TrainTask, Trainer,
 };
 
 /// Prefix of the stage checkpoint folders in a run folder: stage K (from 1) checkpoints
@@ -74,7 +74,7 @@ pub fn run_stages<T: TrainTask>(
             .ok_or_else(|| anyhow::anyhow!("resuming needs the run folder"))?;
         let latest = stages
             .iter()
-            .rposition(|(index, _)| stage_checkpoint_dir(dir, *index).exists());
+            .rposition(|(index, _)| checkpoint::exists(&stage_checkpoint_dir(dir, *index)));
         if let Some(position) = latest {
             let (index, settings) = &stages[position];
             let serde_json::Value::Object(expected) = serde_json::to_value(settings)? else {

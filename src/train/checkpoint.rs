@@ -152,6 +152,12 @@ pub fn save(
     Ok(())
 }
 
+/// Returns whether `dir` contains a checkpoint, or its `.old` sibling does after an
+/// interrupted save.
+pub fn exists(dir: &Path) -> bool {
+    dir.join(STATE_FILE).exists() || sibling(dir, "old").join(STATE_FILE).exists()
+}
+
 /// Returns the folder to read: `dir`, or its `.old` sibling after an interrupted save.
 fn resolve(dir: &Path) -> Result<PathBuf> {
     if dir.join(STATE_FILE).exists() {

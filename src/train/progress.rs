@@ -62,6 +62,26 @@ pub fn append_json_line(path: &Path, record: &EpochRecord) -> Result<()> {
     writeln!(file, "{line}").map_err(|e| TrainError::io(path, e))
 }
 
+/// Returns whether the last line of the JSON log at `path` records epoch `epoch` of
+/// stage `stage`. A missing file, an empty one and a last line that is not a JSON object
+/// all count as no.
+pub fn last_json_line_is(path: &Path, stage: &str, epoch: usize) -> Result<bool> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(error) => return Err(TrainError::io(path, error)),
+    };
+    let Some(line) = text.lines().rev().find(|line| !line.trim().is_empty()) else {
+        return Ok(false);
+    };
+    let Ok(serde_json::Value::Object(last)) = serde_json::from_str(line) else {
+        return Ok(false);
+    };
+    let same_stage = last.get("stage").and_then(|value| value.as_str()) == Some(stage);
+    let same_epoch = last.get("epoch").and_then(|value| value.as_u64()) == Some(epoch as u64);
+    Ok(same_stage && same_epoch)
+}
+
 /// Progress bar of one epoch, hidden when progress display is off.
 pub struct EpochBar {
     bar: ProgressBar,

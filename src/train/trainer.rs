@@ -13,7 +13,7 @@ use super::groups::{frozen_count, frozen_mask, spread_lrs, LrSpec, ParamGroup};
 use super::lr_find::{LrFindResult, LrFinder, SmoothLoss};
 use super::metrics::Metrics;
 use super::optimizer::{self, AdamConfig, AdamW, Grads};
-use super::progress::{append_json_line, EpochBar, EpochRecord};
+use super::progress::{append_json_line, last_json_line_is, EpochBar, EpochRecord};
 use super::schedule::Schedule;
 use super::{Result, TrainError};
 use crate::rng::Rng;
@@ -80,7 +80,7 @@ pub trait TrainTask {
     }
 
     /// Restores tensors returned by [`Self::buffers`] when a run resumes. `tensors`
-    /// holds those found in the checkpoint, each with its saved shape.
+    /// contains those found in the checkpoint, each with its saved shape.
     fn restore_buffers(&mut self, tensors: &HashMap<String, Tensor>) -> anyhow::Result<()> {
         let _ = tensors;
         Ok(())
@@ -127,7 +127,8 @@ fn restore_buffers<T: TrainTask>(
     }
     if !missing.is_empty() {
         tracing::warn!(
-            "{} has no {}, so the resumed run starts them from their current values",
+            "{} has no {}, so the resumed run starts them from their initial values and \
+             its validation figures can differ from those of an uninterrupted run",
             dir.join(checkpoint::WEIGHTS_FILE).display(),
             missing.join(", ")
         );
@@ -309,6 +310,11 @@ pub struct Trainer {
     records: Vec<EpochRecord>,
     /// Carried task state read from a checkpoint, restored at the start of `fit`.
     resumed_carried: Option<HashMap<String, Tensor>>,
+    /// Whether the next epoch record is checked against the end of the log, which
+    /// [`Self::resume`] sets. A run stopped after logging an epoch but before its
+    /// checkpoint reruns that epoch on resume and produces the same record, which is then
+    /// not logged twice.
+    check_logged_epoch: bool,
 }
 
 impl Trainer {
@@ -377,6 +383,7 @@ impl Trainer {
             pending_count: 0,
             records: Vec::new(),
             resumed_carried: None,
+            check_logged_epoch: false,
         })
     }
 
@@ -448,6 +455,7 @@ impl Trainer {
         trainer.rng = Rng::from_state(ckpt.state.rng);
         trainer.state = ckpt.state;
         trainer.resumed_carried = Some(carried);
+        trainer.check_logged_epoch = true;
         Ok(trainer)
     }
 
@@ -487,6 +495,11 @@ impl Trainer {
             }
         }
         for (name, tensor) in task.buffers() {
+            if weights.contains_key(&name) {
+                return Err(TrainError::Invalid(format!(
+                    "buffer `{name}` has the name of a parameter, so the checkpoint cannot store both"
+                )));
+            }
             weights.insert(name, tensor);
         }
         let (mut moments, steps) = self.optimizer.state_tensors();
@@ -643,8 +656,11 @@ impl Trainer {
             if self.options.progress {
                 eprintln!("{}", record.summary());
             }
+            let check_logged = std::mem::take(&mut self.check_logged_epoch);
             if let Some(path) = &self.options.json_log {
-                append_json_line(path, &record)?;
+                if !(check_logged && last_json_line_is(path, &record.stage, record.epoch)?) {
+                    append_json_line(path, &record)?;
+                }
             }
             self.state.epoch += 1;
             self.state.batch_in_epoch = 0;

@@ -255,7 +255,8 @@ impl Head {
         ]
     }
 
-    fn buffers(&self) -> Vec<(String, Tensor)> {
+    /// Returns the BatchNorm running statistics under their canonical names.
+    pub fn buffers(&self) -> Vec<(String, Tensor)> {
         vec![
             (
                 "head.bn1.running_mean".into(),
@@ -268,6 +269,32 @@ impl Head {
             ),
             ("head.bn2.running_var".into(), self.bn2.running_var.clone()),
         ]
+    }
+
+    /// Replaces the running statistics named in `tensors` (see [`Self::buffers`]).
+    /// Statistics that `tensors` lacks keep their values, and a tensor of the wrong shape
+    /// is an error that names it.
+    pub fn set_buffers(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        let targets = [
+            ("head.bn1.running_mean", &mut self.bn1.running_mean),
+            ("head.bn1.running_var", &mut self.bn1.running_var),
+            ("head.bn2.running_mean", &mut self.bn2.running_mean),
+            ("head.bn2.running_var", &mut self.bn2.running_var),
+        ];
+        for (name, target) in targets {
+            let Some(value) = tensors.get(name) else {
+                continue;
+            };
+            if value.dims() != target.dims() {
+                return Err(VisionError::Unsupported(format!(
+                    "`{name}` has shape {:?} but the head expects {:?}",
+                    value.dims(),
+                    target.dims()
+                )));
+            }
+            *target = value.to_device(target.device())?.to_dtype(target.dtype())?;
+        }
+        Ok(())
     }
 }
 
@@ -450,6 +477,30 @@ impl ImageClassifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn head_buffers_move_between_heads() {
+        let device = Device::Cpu;
+        let mut trained = Head::new(2, 3, &mut Rng::seed(1), &device).unwrap();
+        trained.bn1.running_mean = Tensor::new(&[0.5f32, -1.0, 2.0, 3.0], &device).unwrap();
+        trained.bn2.running_var = (trained.bn2.running_var.clone() * 4.0).unwrap();
+        let mut fresh = Head::new(2, 3, &mut Rng::seed(1), &device).unwrap();
+        let saved: HashMap<String, Tensor> = trained.buffers().into_iter().collect();
+        assert_eq!(saved.len(), 4);
+        fresh.set_buffers(&saved).unwrap();
+        for (name, tensor) in fresh.buffers() {
+            let got = tensor.to_vec1::<f32>().unwrap();
+            let want = saved[&name].to_vec1::<f32>().unwrap();
+            assert_eq!(got, want, "{name}");
+        }
+
+        let wrong = HashMap::from([(
+            "head.bn1.running_var".to_string(),
+            Tensor::ones(3, DType::F32, &device).unwrap(),
+        )]);
+        let error = fresh.set_buffers(&wrong).unwrap_err().to_string();
+        assert!(error.contains("head.bn1.running_var"), "{error}");
+    }
 
     #[test]
     fn concat_pool_puts_max_first() {

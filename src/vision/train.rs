@@ -7,6 +7,7 @@
 //! The body is never run with precomputed features: every training image is augmented
 //! afresh at each epoch and passes through the body, frozen or not.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -348,6 +349,16 @@ impl TrainTask for ImageTask {
 
     fn set_frozen(&mut self, frozen: &[bool]) {
         self.frozen = frozen.to_vec();
+    }
+
+    /// Returns the head's BatchNorm running statistics. The body runs in eval mode, so
+    /// its statistics never change.
+    fn buffers(&self) -> Vec<(String, Tensor)> {
+        self.model.head.buffers()
+    }
+
+    fn restore_buffers(&mut self, tensors: &HashMap<String, Tensor>) -> anyhow::Result<()> {
+        Ok(self.model.head.set_buffers(tensors)?)
     }
 }
 
