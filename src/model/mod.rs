@@ -40,7 +40,7 @@ pub enum ModelError {
     /// Reading or writing a safetensors file failed.
     #[error("failed to {action} safetensors file {}: {source}", .path.display())]
     File {
-        /// `read` or `write`.
+        /// `read`, `write` or `set the permissions of`.
         action: &'static str,
         /// The file.
         path: PathBuf,
@@ -59,7 +59,42 @@ pub(crate) fn save_tensors(
         action: "write",
         path: path.to_path_buf(),
         source,
+    })?;
+    apply_umask(path).map_err(|source| ModelError::File {
+        action: "set the permissions of",
+        path: path.to_path_buf(),
+        source: source.into(),
     })
+}
+
+/// Gives the file at `path` the permissions that creating it with `std::fs` would: read
+/// and write as the process umask allows. The safetensors writer creates its file through
+/// a private temporary file (mode 0600), so other users could not read saved models.
+pub fn apply_umask(path: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = 0o666 & !process_umask();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+/// Returns the process umask from `/proc/self/status`, or the common 022 where that is
+/// not available.
+#[cfg(unix)]
+fn process_umask() -> u32 {
+    const DEFAULT_UMASK: u32 = 0o022;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return DEFAULT_UMASK;
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Umask:"))
+        .and_then(|value| u32::from_str_radix(value.trim(), 8).ok())
+        .unwrap_or(DEFAULT_UMASK)
 }
 
 /// Reads every tensor of a safetensors file onto `device`. Half-precision tensors (f16,
@@ -137,3 +172,22 @@ fn describe_mismatch(missing: &[String], unexpected: &[String], wrong_shapes: &[
 
 /// Result type of this module.
 pub type Result<T> = std::result::Result<T, ModelError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn saved_weights_follow_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let tensor =
+            candle_core::Tensor::zeros(3, candle_core::DType::F32, &candle_core::Device::Cpu)
+                .unwrap();
+        save_tensors(vec![("weight".to_string(), tensor)], &path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o666 & !process_umask());
+    }
+}

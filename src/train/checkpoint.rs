@@ -98,6 +98,7 @@ fn write_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<Strin
         path: path.to_path_buf(),
         reason: format!("failed to write tensors: {e}"),
     })?;
+    crate::model::apply_umask(path).map_err(|e| TrainError::io(path, e))?;
     let bytes = fs::read(path).map_err(|e| TrainError::io(path, e))?;
     Ok(sha256_hex(&bytes))
 }

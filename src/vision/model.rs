@@ -395,6 +395,7 @@ impl ImageClassifier {
                 message: format!("failed to write: {source}"),
             }
         })?;
+        crate::model::apply_umask(&weights).map_err(io(weights.clone()))?;
         let config = serde_json::to_string_pretty(&self.config)
             .map_err(|e| VisionError::Unsupported(format!("failed to encode the config: {e}")))?;
         let path = dir.join(CONFIG_FILE);
