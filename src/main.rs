@@ -18,9 +18,21 @@ fn main() -> ExitCode {
     ulmfit::cli::init_logging(cli.verbose, cli.quiet);
     match ulmfit::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // A reader that stops early, such as `head`, closes the pipe. That ends the output
+        // as intended, so it is not reported; the status is that of a SIGPIPE death.
+        Err(error) if is_broken_pipe(&error) => ExitCode::from(141),
         Err(error) => {
             eprintln!("error: {}", ulmfit::cli::describe_error(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Returns whether `error` comes from writing to a closed pipe.
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

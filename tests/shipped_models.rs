@@ -158,3 +158,55 @@ fn csv_output_has_label_probabilities_and_text() {
         );
     }
 }
+
+#[test]
+fn input_dash_reads_standard_input() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ulmfit"))
+        .args(["predict", "--json", "--input", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b"A superb, moving film.\nDreadful and boring.\n")
+            .unwrap();
+    }
+    let output = child.wait_with_output().unwrap();
+    let lines: Vec<serde_json::Value> = stdout_of(&output)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["text"], "A superb, moving film.");
+    assert_eq!(lines[1]["text"], "Dreadful and boring.");
+}
+
+/// A reader that stops early, as `head` does, ends the output without an error message.
+#[cfg(unix)]
+#[test]
+fn closed_output_pipe_is_not_an_error() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("texts.txt");
+    // More output than a pipe buffers (64 KiB on Linux), so writing must block.
+    std::fs::write(&input, "a great film\n".repeat(3000)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ulmfit"))
+        .args(["predict", "--input", input.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("pos\t"), "{first}");
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("error"), "{stderr}");
+    assert_eq!(output.status.code(), Some(141));
+}

@@ -26,7 +26,7 @@ pub struct PredictArgs {
 
     /// Texts to score from a file. CSV, JSONL and folders of `.txt` files are read as
     /// `classify` reads `--data`, keeping only the text. Any other file contains one text
-    /// per line (UTF-8).
+    /// per line (UTF-8), and `-` reads such lines from standard input.
     #[arg(long, value_name = "PATH")]
     pub input: Option<PathBuf>,
 
@@ -168,11 +168,20 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     };
 
     let mut texts = args.texts.clone();
-    if let Some(path) = &args.input {
-        texts.extend(read_input(path, &args.data_options)?);
-    } else if texts.is_empty() {
-        let encoding = args.data_options.encoding.get();
-        texts = read_lines(std::io::stdin().lock(), &InputName::Stdin, encoding)?;
+    let encoding = args.data_options.encoding.get();
+    match &args.input {
+        Some(path) if path == Path::new("-") => {
+            texts.extend(read_lines(
+                std::io::stdin().lock(),
+                &InputName::Stdin,
+                encoding,
+            )?);
+        }
+        Some(path) => texts.extend(read_input(path, &args.data_options)?),
+        None if texts.is_empty() => {
+            texts = read_lines(std::io::stdin().lock(), &InputName::Stdin, encoding)?;
+        }
+        None => {}
     }
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let mut average = vec![vec![0.0f32; classes.len()]; refs.len()];

@@ -156,15 +156,22 @@ impl LoadedClassifier {
                 dir.display()
             )
         })?;
-        let config: ClassifierFolderConfig = serde_json::from_str(&text)
-            .with_context(|| format!("invalid classifier config {}", config_path.display()))?;
-        if config.kind != CLASSIFIER_KIND {
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("invalid JSON in {}", config_path.display()))?;
+        // The kind is checked first, so a language-model folder gets this message rather
+        // than one about a missing classifier field.
+        let kind = value.get("kind").and_then(|kind| kind.as_str());
+        if kind != Some(CLASSIFIER_KIND) {
             anyhow::bail!(
-                "{} has kind `{}`, expected `{CLASSIFIER_KIND}`; pass a folder written by `ulmfit classify`",
+                "{} has kind `{}`, not `{CLASSIFIER_KIND}`, so {} is not a classifier; pass a \
+                 folder written by `ulmfit classify`",
                 config_path.display(),
-                config.kind
+                kind.unwrap_or("(none)"),
+                dir.display()
             );
         }
+        let config: ClassifierFolderConfig = serde_json::from_value(value)
+            .with_context(|| format!("invalid classifier config {}", config_path.display()))?;
         if config.classes.len() != config.model.n_classes {
             anyhow::bail!(
                 "{} lists {} classes but the model has {} outputs",
