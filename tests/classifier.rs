@@ -189,7 +189,13 @@ fn api_model_is_send_and_sync() {
 }
 
 fn ulmfit(args: &[&str]) -> std::process::Output {
+    ulmfit_in(std::path::Path::new("."), args)
+}
+
+/// Runs the binary with `folder` as its working folder and checks that it succeeds.
+fn ulmfit_in(folder: &std::path::Path, args: &[&str]) -> std::process::Output {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_ulmfit"))
+        .current_dir(folder)
         .args(["--quiet", "--threads", "2"])
         .args(args)
         .output()
@@ -611,6 +617,21 @@ fn classify_resume_matches_uninterrupted_run() {
     };
     let message = resume_with("--lr", "0.5");
     assert!(message.contains("lr"), "{message}");
+
+    // Other documents under --data are an error, not a silent switch of training data.
+    let other = dir.path().join("other.jsonl");
+    write_reviews(&other, 80, 6);
+    let message = ulmfit_fails(&[
+        "classify",
+        "--encoder",
+        lm.as_str(),
+        "--data",
+        other.to_str().unwrap(),
+        "--resume",
+        parted.to_str().unwrap(),
+    ]);
+    assert!(message.contains("differ"), "{message}");
+    assert!(message.contains("--data"), "{message}");
     let saved = std::fs::read_to_string(parted.join("classify.json")).unwrap();
     assert!(saved.contains("\"precision\": \"f32\""), "{saved}");
     let message = resume_with("--precision", "bf16");
@@ -658,13 +679,106 @@ fn classify_resume_after_crash_logs_once() {
     )
     .unwrap();
 
-    let mut args = common.to_vec();
-    args.extend(["--resume", crashed.to_str().unwrap()]);
-    ulmfit(&args);
+    // The run folder records the encoder and the data, so `--resume` alone is enough.
+    ulmfit(&["classify", "--resume", crashed.to_str().unwrap()]);
     assert_eq!(epoch_log(&crashed_log), epoch_log(&full_log));
     let full_weights = std::fs::read(full.join("model.safetensors")).unwrap();
     let resumed_weights = std::fs::read(crashed.join("model.safetensors")).unwrap();
     assert!(full_weights == resumed_weights, "resumed weights differ");
+}
+
+/// Runs started with relative paths record them as absolute ones, so `--resume` works
+/// from any working folder.
+#[test]
+fn resume_from_another_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let (lm, _) = tiny_encoder(dir.path());
+    std::fs::rename(&lm, dir.path().join("encoder")).unwrap();
+    write_reviews(&dir.path().join("train.jsonl"), 80, 5);
+    let elsewhere = tempfile::tempdir().unwrap();
+
+    let stopped = ulmfit_in(
+        dir.path(),
+        &[
+            "lm-finetune",
+            "--model",
+            "encoder",
+            "--data",
+            "train.jsonl",
+            "--batch-size",
+            "4",
+            "--bptt",
+            "8",
+            "--save-every",
+            "2",
+            "--out",
+            "lm",
+            "--max-steps",
+            "3",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&stopped.stdout).contains("\"stopped\":true"));
+    let lm_run = dir.path().join("lm");
+    ulmfit_in(
+        elsewhere.path(),
+        &["lm-finetune", "--resume", lm_run.to_str().unwrap()],
+    );
+    assert!(lm_run.join("model.safetensors").is_file());
+
+    let stopped = ulmfit_in(
+        dir.path(),
+        &[
+            "classify",
+            "--encoder",
+            "lm",
+            "--data",
+            "train.jsonl",
+            "--batch-size",
+            "8",
+            "--bptt",
+            "8",
+            "--save-every",
+            "2",
+            "--out",
+            "clas",
+            "--max-steps",
+            "5",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&stopped.stdout).contains("\"stopped\":true"));
+    let clas_run = dir.path().join("clas");
+    ulmfit_in(
+        elsewhere.path(),
+        &["classify", "--resume", clas_run.to_str().unwrap()],
+    );
+    assert!(clas_run.join("model.safetensors").is_file());
+}
+
+#[test]
+fn predict_rejects_language_model_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let (lm, _) = tiny_encoder(dir.path());
+    let message = ulmfit_fails(&["predict", "--model", lm.as_str(), "a fine film"]);
+    assert!(message.contains("not a classifier"), "{message}");
+    assert!(message.contains("ulmfit classify"), "{message}");
+}
+
+#[test]
+fn classify_rejects_zero_batch_size_early() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let message = ulmfit_fails(&[
+        "classify",
+        "--encoder",
+        "missing-encoder",
+        "--data",
+        "missing-data",
+        "--batch-size",
+        "0",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(message.contains("invalid --batch-size 0"), "{message}");
 }
 
 /// Reads a `--log-json` file as (stage, epoch, valid loss) per line.

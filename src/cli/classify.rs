@@ -9,13 +9,15 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::data::DataArgs;
 use super::precision::TrainPrecision;
-use super::training::{log_file_of_run, run_folder, select_device, DeviceSpec, DEVICE_HELP};
+use super::training::{
+    absolute_path, log_file_of_run, run_folder, select_device, DeviceSpec, DEVICE_HELP,
+};
 use crate::model::classifier::{DEFAULT_BPTT, DEFAULT_HEAD_HIDDEN, DEFAULT_MAX_LEN};
 use crate::model::{Classifier, ClassifierConfig, DropoutConfig};
 use crate::pipeline::classify::{
     balanced_weights, check_classes, gradual_unfreezing, split_labels, stage_settings, BatchOrder,
     ClassifierTask, LabelledDocuments, DEFAULT_CLASSIFIER_LR, DEFAULT_FINAL_EPOCHS,
-    DEFAULT_MULTI_LABEL_THRESHOLD,
+    DEFAULT_MULTI_LABEL_THRESHOLD, RUN_INPUTS_FILE,
 };
 use crate::pipeline::finetune::{run_stages, StageRun, STAGE_CHECKPOINT_PREFIX};
 use crate::pipeline::model_folder;
@@ -44,12 +46,13 @@ lr/2); the last three 1 epoch at slice(lr/4/2.6^4, lr/4); everything for --epoch
 slice(lr/20/2.6^4, lr/20).")]
 pub struct ClassifyArgs {
     /// Language-model folder (from `ulmfit lm-finetune` or `pretrain`) whose encoder and
-    /// vocabulary the classifier uses.
-    #[arg(long, value_name = "DIR")]
-    pub encoder: PathBuf,
+    /// vocabulary the classifier uses. Optional with `--resume`.
+    #[arg(long, value_name = "DIR", required_unless_present = "resume")]
+    pub encoder: Option<PathBuf>,
 
-    /// Labelled training data: class folders, CSV or JSONL (see `--format`).
-    #[arg(long, num_args = 1.., required = true, value_name = "PATH")]
+    /// Labelled training data: class folders, CSV or JSONL (see `--format`). Optional
+    /// with `--resume`.
+    #[arg(long, num_args = 1.., required_unless_present = "resume", value_name = "PATH")]
     pub data: Vec<PathBuf>,
 
     /// Output classifier folder. It also contains the run's settings (`classify.json`)
@@ -57,9 +60,10 @@ pub struct ClassifyArgs {
     #[arg(long, value_name = "DIR", required_unless_present = "resume")]
     pub out: Option<PathBuf>,
 
-    /// Continue the run whose output folder is DIR, with the settings saved there. Give
-    /// `--encoder` and `--data` again; an option given again with a different value than
-    /// the saved one is an error.
+    /// Continue the run whose output folder is DIR, with the settings, encoder and data
+    /// saved there. An option given again with a different value than the saved one is
+    /// an error. `--encoder`, `--data` and `--valid` may name moved copies, but the
+    /// documents read must be the same, so give the data options of the first run again.
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
 
@@ -234,6 +238,66 @@ impl RunSettings {
     }
 }
 
+/// The encoder and data of a run, as absolute paths, and a digest of the documents read.
+/// A resumed run reads the paths not given again and checks the digest, so it cannot
+/// silently train on other documents.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct RunInputs {
+    encoder: PathBuf,
+    data: Vec<PathBuf>,
+    valid: Vec<PathBuf>,
+    /// SHA-256 of the labels and token ids of the training, then validation, documents.
+    documents_sha256: String,
+}
+
+impl RunInputs {
+    /// Reads the inputs recorded in the run folder `dir`, or `None` for a run folder
+    /// written before runs recorded them.
+    fn read(dir: &Path) -> anyhow::Result<Option<Self>> {
+        let path = dir.join(RUN_INPUTS_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => {
+                return Err(error).with_context(|| format!("failed to read {}", path.display()))
+            }
+        };
+        let inputs = serde_json::from_str(&text)
+            .with_context(|| format!("invalid run inputs {}", path.display()))?;
+        Ok(Some(inputs))
+    }
+
+    fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        let path = dir.join(RUN_INPUTS_FILE);
+        std::fs::write(&path, serde_json::to_string_pretty(self)? + "\n")
+            .with_context(|| format!("failed to write {}", path.display()))
+    }
+}
+
+/// Returns the hex SHA-256 of each document's label and token ids, set after set.
+fn documents_digest<'a>(
+    sets: impl IntoIterator<Item = (&'a Vec<String>, &'a Vec<Vec<u32>>)>,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for (labels, documents) in sets {
+        hasher.update((labels.len() as u64).to_le_bytes());
+        for (label, ids) in labels.iter().zip(documents) {
+            hasher.update((label.len() as u64).to_le_bytes());
+            hasher.update(label.as_bytes());
+            hasher.update((ids.len() as u64).to_le_bytes());
+            for id in ids {
+                hasher.update(id.to_le_bytes());
+            }
+        }
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
 /// Parses an argument list of `classify` alone, to read the options' defaults.
 #[derive(Parser)]
 struct DefaultArgs {
@@ -297,11 +361,43 @@ pub fn run(mut args: ClassifyArgs, progress: bool) -> anyhow::Result<()> {
             args.valid_fraction
         );
     }
+    // Checked before the data is read and tokenized, which can take minutes.
+    for (option, value) in [("--batch-size", args.batch_size), ("--bptt", args.bptt)] {
+        if value == 0 {
+            bail!("invalid {option} 0: it must be at least 1");
+        }
+    }
+    let saved_inputs = if resuming {
+        RunInputs::read(&out)?
+    } else {
+        None
+    };
+    let encoder_dir = match (&args.encoder, &saved_inputs) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(saved)) => saved.encoder.clone(),
+        (None, None) => bail!(
+            "give --encoder and --data again: {} has no {RUN_INPUTS_FILE}, which runs record \
+             for --resume",
+            out.display()
+        ),
+    };
+    if args.data.is_empty() {
+        match &saved_inputs {
+            Some(saved) => args.data = saved.data.clone(),
+            None => bail!(
+                "give --data again: {} has no {RUN_INPUTS_FILE}, which runs record for --resume",
+                out.display()
+            ),
+        }
+    }
+    if let (true, Some(saved)) = (args.valid.is_empty(), &saved_inputs) {
+        args.valid = saved.valid.clone();
+    }
     let device = select_device(args.device)?;
-    let loaded = model_folder::load(&args.encoder, &device).with_context(|| {
+    let loaded = model_folder::load(&encoder_dir, &device).with_context(|| {
         format!(
             "failed to load the language model in {}",
-            args.encoder.display()
+            encoder_dir.display()
         )
     })?;
     let backwards = args.backwards || loaded.config.backwards;
@@ -380,15 +476,44 @@ pub fn run(mut args: ClassifyArgs, progress: bool) -> anyhow::Result<()> {
             })
             .collect())
     };
+    let (train_ids, valid_ids) = (encode(&train_docs)?, encode(&valid_docs)?);
+    let inputs = RunInputs {
+        encoder: absolute_path(&encoder_dir)?,
+        data: args
+            .data
+            .iter()
+            .map(|path| absolute_path(path))
+            .collect::<anyhow::Result<_>>()?,
+        valid: args
+            .valid
+            .iter()
+            .map(|path| absolute_path(path))
+            .collect::<anyhow::Result<_>>()?,
+        documents_sha256: documents_digest([
+            (&train_labels, &train_ids),
+            (&valid_labels, &valid_ids),
+        ]),
+    };
+    if let Some(saved) = &saved_inputs {
+        if saved.documents_sha256 != inputs.documents_sha256 {
+            bail!(
+                "the documents read from --data and --valid differ from those of the run in {} \
+                 (their labels or token ids changed); give the data, encoder and data options of \
+                 the first run",
+                out.display()
+            );
+        }
+    }
+    inputs.write(&out)?;
     let (labels, label_sets) = label_ids(&train_labels);
     let train = LabelledDocuments {
-        ids: encode(&train_docs)?,
+        ids: train_ids,
         labels,
         label_sets,
     };
     let (labels, label_sets) = label_ids(&valid_labels);
     let valid = LabelledDocuments {
-        ids: encode(&valid_docs)?,
+        ids: valid_ids,
         labels,
         label_sets,
     };
@@ -459,6 +584,16 @@ pub fn run(mut args: ClassifyArgs, progress: bool) -> anyhow::Result<()> {
     task.set_population_statistics(&mut |documents| bar.inc(documents as u64))?;
     bar.finish_and_clear();
     let final_metrics = task.validate()?;
+    tracing::info!(
+        "replaced the BatchNorm moving averages with the training set's statistics: \
+         valid loss {:.4}{} (the last epoch's figures used the moving averages)",
+        final_metrics.valid_loss,
+        final_metrics
+            .values
+            .get("accuracy")
+            .map(|accuracy| format!(", accuracy {accuracy:.4}"))
+            .unwrap_or_default()
+    );
 
     let folder = ClassifierFolderConfig {
         kind: CLASSIFIER_KIND.into(),
@@ -470,7 +605,7 @@ pub fn run(mut args: ClassifyArgs, progress: bool) -> anyhow::Result<()> {
             delimiter: args.label_delimiter.clone(),
         }),
     };
-    save_classifier(&out, &folder, task.model(), &args.encoder)?;
+    save_classifier(&out, &folder, task.model(), &encoder_dir)?;
     let mut summary = serde_json::json!({ "model": out.display().to_string(), "classes": classes });
     if let Some(last) = records.last() {
         summary["train_loss"] = last.train_loss.into();

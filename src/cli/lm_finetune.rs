@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use super::data::DataArgs;
 use super::precision::TrainPrecision;
 use super::training::{
-    log_file_of_run, run_folder, select_device, settings_of_run, DeviceSpec, DEVICE_HELP,
+    absolute_path, log_file_of_run, run_folder, select_device, settings_of_run, DeviceSpec,
+    DEVICE_HELP,
 };
 use crate::pipeline::finetune::{
     finetune, prepare_model, target_vocab, tokenize, write_tokens, FinetuneSchedule, StageRun,
@@ -169,7 +170,14 @@ pub fn run(args: LmFinetuneArgs, progress: bool) -> anyhow::Result<()> {
         STAGE_CHECKPOINT_PREFIX,
     )?;
     let resuming = args.resume.is_some();
-    let given = &args.settings;
+    let mut given = args.settings.clone();
+    given.model = given.model.as_deref().map(absolute_path).transpose()?;
+    given.data = given
+        .data
+        .iter()
+        .map(|path| absolute_path(path))
+        .collect::<anyhow::Result<_>>()?;
+    let given = &given;
     if let Some(fraction) = given.valid_fraction.filter(|f| !(0.0..1.0).contains(f)) {
         bail!("--valid-fraction {fraction} must lie in [0, 1)");
     }
@@ -197,8 +205,17 @@ pub fn run(args: LmFinetuneArgs, progress: bool) -> anyhow::Result<()> {
     let seed = settings.seed.unwrap_or(0);
     let valid_fraction = settings.valid_fraction.unwrap_or(0.1);
     let loaded = model_folder::load(&model_dir, &device).with_context(|| {
+        let source = if args.settings.model.is_none() {
+            format!(
+                " (the --model saved in {}; a relative path there is relative to the folder \
+                 the run started in, so resume from that folder)",
+                out.join(SETTINGS_FILE).display()
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "failed to load the language model in {}",
+            "failed to load the language model in {}{source}",
             model_dir.display()
         )
     })?;

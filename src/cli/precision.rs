@@ -13,9 +13,9 @@ pub enum TrainPrecision {
     /// 32-bit floats throughout.
     #[default]
     F32,
-    /// Matrix products of the LSTM layers and the decoder with inputs rounded to
-    /// bfloat16 and f32 sums (AVX512-BF16). Parameters, optimizer and all other
-    /// operations stay f32.
+    /// Matrix products of the LSTM layers (and of a language model's decoder) with
+    /// inputs rounded to bfloat16 and f32 sums (AVX512-BF16). Parameters, optimizer and
+    /// all other operations stay f32.
     Bf16,
 }
 

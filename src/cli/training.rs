@@ -74,7 +74,7 @@ impl DeviceSpec {
 #[cfg(not(feature = "cuda"))]
 fn open_cuda(ordinal: usize) -> anyhow::Result<Device> {
     bail!(
-        "--device cuda:{ordinal} needs CUDA support, which this build of ulmfit lacks; rebuild it with `cargo build --release --features cuda` (see the README's CUDA section) or use --device cpu"
+        "--device cuda:{ordinal} needs CUDA support, which this build of ulmfit lacks; rebuild it with `cargo build --release --features cuda` (see Install in the README) or use --device cpu"
     )
 }
 
@@ -135,6 +135,15 @@ pub fn run_folder(
     }
     fs::create_dir_all(&dir).with_context(|| format!("failed to create {}", dir.display()))?;
     Ok(dir)
+}
+
+/// Returns `path` made absolute against the working folder, so that a run resumed from
+/// another folder finds its saved inputs. `-` (standard input) stays as it is.
+pub fn absolute_path(path: &Path) -> anyhow::Result<PathBuf> {
+    if path == Path::new("-") {
+        return Ok(path.to_path_buf());
+    }
+    std::path::absolute(path).with_context(|| format!("invalid path {}", path.display()))
 }
 
 /// Returns whether `dir` has an entry named `prefix...`, or `.prefix...` as the trainer
@@ -352,14 +361,23 @@ mod tests {
         assert!(error.contains("--log-json"), "{error}");
     }
 
+    #[cfg(unix)]
     #[test]
     fn relative_log_file_is_recorded_absolute() {
         let dir = tempfile::tempdir().unwrap();
-        let recorded = log_file_of_run(dir.path(), Some(Path::new("epochs.jsonl")), false)
+        // A path relative to the working folder that leads into the temporary folder, so
+        // the test creates no file in the working folder.
+        let cwd = std::env::current_dir().unwrap();
+        let mut relative: PathBuf = cwd.components().skip(1).map(|_| "..").collect();
+        relative.push(dir.path().strip_prefix("/").unwrap());
+        relative.push("epochs.jsonl");
+        assert!(relative.is_relative());
+        let recorded = log_file_of_run(dir.path(), Some(&relative), false)
             .unwrap()
             .unwrap();
         assert!(recorded.is_absolute(), "{}", recorded.display());
         assert!(recorded.ends_with("epochs.jsonl"));
+        assert!(recorded.is_file());
         let resumed = log_file_of_run(dir.path(), None, true).unwrap();
         assert_eq!(resumed, Some(recorded));
     }

@@ -16,6 +16,10 @@ use crate::train::{
     TrainSettings, TrainTask,
 };
 
+/// File in a classifier run folder with the run's encoder and data paths and a digest of
+/// its documents, which `classify --resume` reads and checks.
+pub const RUN_INPUTS_FILE: &str = "classify-inputs.json";
+
 /// fastai's factor between the learning rates of neighbouring layer groups.
 pub const LR_GROUP_FACTOR: f64 = 2.6;
 /// fastai's peak learning rate of the first classifier stage.

@@ -181,7 +181,9 @@ pub fn export_model_folder(
             continue;
         }
         let is_token_file = path.extension().is_some_and(|ext| ext == "tok");
-        if !path.is_file() || is_token_file || name == crate::train::LOG_PATH_FILE {
+        let is_run_record = name == crate::train::LOG_PATH_FILE
+            || name == crate::pipeline::classify::RUN_INPUTS_FILE;
+        if !path.is_file() || is_token_file || is_run_record {
             skipped.push(name);
             continue;
         }
