@@ -215,6 +215,7 @@ fn csv_unknown_column_lists_available() {
         message.contains("available columns: text, label"),
         "{message}"
     );
+    assert!(message.contains("--label-column"), "{message}");
 }
 
 #[test]

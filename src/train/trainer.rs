@@ -453,6 +453,23 @@ impl Trainer {
             trainer.optimizer.groups().len(),
         ));
         trainer.rng = Rng::from_state(ckpt.state.rng);
+        let position = if ckpt.state.epoch < trainer.settings.epochs {
+            format!(
+                "epoch {} of {}, after batch {}",
+                ckpt.state.epoch + 1,
+                trainer.settings.epochs,
+                ckpt.state.batch_in_epoch
+            )
+        } else {
+            format!("all {} epochs done", trainer.settings.epochs)
+        };
+        tracing::info!(
+            "resuming {} from {}: {position} (optimizer step {} of {})",
+            trainer.settings.stage,
+            ckpt.dir.display(),
+            ckpt.state.opt_step,
+            ckpt.state.total_steps
+        );
         trainer.state = ckpt.state;
         trainer.resumed_carried = Some(carried);
         trainer.check_logged_epoch = true;

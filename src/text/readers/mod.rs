@@ -149,7 +149,8 @@ pub enum ReadError {
     InvalidUtf8 { path: PathBuf, line: u64 },
     /// A named CSV column is missing from the header.
     #[error(
-        "{}: column \"{column}\" not found; available columns: {}",
+        "{}: column \"{column}\" not found; available columns: {} (name the columns to \
+         read with --text-column and --label-column)",
         path.display(),
         available.join(", ")
     )]
