@@ -14,6 +14,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 static GLOBAL: ulmfit::alloc::HugePageAlloc = ulmfit::alloc::HugePageAlloc;
 
 fn main() -> ExitCode {
+    restore_sigpipe();
     let cli = ulmfit::cli::Cli::parse();
     ulmfit::cli::init_logging(cli.verbose, cli.quiet);
     match ulmfit::cli::run(cli) {
@@ -36,3 +37,19 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
 }
+
+/// Restores the default action of SIGPIPE, which the Rust runtime ignores. Writing to a
+/// pipe whose reader has gone, as in `ulmfit tokenize ... | head`, then ends the process
+/// quietly by that signal (status 141 in a shell), as it ends other command-line tools.
+/// With the signal ignored, `println!` would panic instead.
+#[cfg(target_os = "linux")]
+fn restore_sigpipe() {
+    // SAFETY: called first in `main`, before any other thread exists; SIG_DFL is a valid
+    // action for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn restore_sigpipe() {}

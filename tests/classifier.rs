@@ -680,6 +680,19 @@ fn classify_resume_after_crash_logs_once() {
     .unwrap();
 
     // The run folder records the encoder and the data, so `--resume` alone is enough.
+    ulmfit(&[
+        "classify",
+        "--resume",
+        crashed.to_str().unwrap(),
+        "--max-steps",
+        "10",
+    ]);
+    let logged = epoch_log(&crashed_log);
+    assert_eq!(logged.len(), 2, "stages 1 and 2: {logged:?}");
+
+    // A stop after logging stage 2 but before its first checkpoint: stage 2 starts again
+    // from the end of stage 1 and must not be logged twice.
+    std::fs::remove_dir_all(crashed.join("checkpoint-stage-2")).unwrap();
     ulmfit(&["classify", "--resume", crashed.to_str().unwrap()]);
     assert_eq!(epoch_log(&crashed_log), epoch_log(&full_log));
     let full_weights = std::fs::read(full.join("model.safetensors")).unwrap();
@@ -719,10 +732,26 @@ fn resume_from_another_folder() {
     );
     assert!(String::from_utf8_lossy(&stopped.stdout).contains("\"stopped\":true"));
     let lm_run = dir.path().join("lm");
-    ulmfit_in(
-        elsewhere.path(),
-        &["lm-finetune", "--resume", lm_run.to_str().unwrap()],
+    let resume = ["lm-finetune", "--resume", lm_run.to_str().unwrap()];
+    let mut args = resume.to_vec();
+    args.extend(["--max-steps", "2"]);
+    ulmfit_in(elsewhere.path(), &args);
+    assert!(
+        !lm_run.join("model.safetensors").is_file(),
+        "the run is not finished"
     );
+
+    // Runs used to save the paths as given. Such a run resumes from its own folder with
+    // the paths given again in any spelling of the same files.
+    let settings_path = lm_run.join("lm-finetune.json");
+    let mut settings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&settings_path).unwrap()).unwrap();
+    settings["model"] = "encoder".into();
+    settings["data"] = serde_json::json!(["train.jsonl"]);
+    std::fs::write(&settings_path, settings.to_string()).unwrap();
+    let mut args = resume.to_vec();
+    args.extend(["--model", "encoder/", "--data", "./train.jsonl"]);
+    ulmfit_in(dir.path(), &args);
     assert!(lm_run.join("model.safetensors").is_file());
 
     let stopped = ulmfit_in(

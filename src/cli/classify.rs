@@ -354,18 +354,19 @@ pub fn run(mut args: ClassifyArgs, progress: bool) -> anyhow::Result<()> {
         STAGE_CHECKPOINT_PREFIX,
     )?;
     let resuming = args.resume.is_some();
+    // Checked before the settings are saved and the data is read and tokenized, which
+    // can take minutes.
+    for (option, value) in [("--batch-size", args.batch_size), ("--bptt", args.bptt)] {
+        if value == 0 {
+            bail!("invalid {option} 0: it must be at least 1");
+        }
+    }
     settings_of_run(&mut args, &out, resuming)?;
     if !(0.0..1.0).contains(&args.valid_fraction) {
         bail!(
             "--valid-fraction {} must lie in [0, 1)",
             args.valid_fraction
         );
-    }
-    // Checked before the data is read and tokenized, which can take minutes.
-    for (option, value) in [("--batch-size", args.batch_size), ("--bptt", args.bptt)] {
-        if value == 0 {
-            bail!("invalid {option} 0: it must be at least 1");
-        }
     }
     let saved_inputs = if resuming {
         RunInputs::read(&out)?
@@ -376,8 +377,7 @@ pub fn run(mut args: ClassifyArgs, progress: bool) -> anyhow::Result<()> {
         (Some(dir), _) => dir.clone(),
         (None, Some(saved)) => saved.encoder.clone(),
         (None, None) => bail!(
-            "give --encoder and --data again: {} has no {RUN_INPUTS_FILE}, which runs record \
-             for --resume",
+            "give --encoder again: {} has no {RUN_INPUTS_FILE}, which runs record for --resume",
             out.display()
         ),
     };
@@ -402,11 +402,24 @@ pub fn run(mut args: ClassifyArgs, progress: bool) -> anyhow::Result<()> {
     })?;
     let backwards = args.backwards || loaded.config.backwards;
     let options = args.data_options.read_options(LabelRequirement::Required);
-    let train_docs = read_all(&args.data, &options)?.documents;
+    // Data options are not recorded, so a resumed run reads with the options given now.
+    let data_hint = || {
+        if resuming {
+            "failed to read the training data; the run folder does not record data options, \
+             so give those of the first run (--format, --text-column, --label-column, \
+             --no-header, --documents, --classes, --encoding)"
+        } else {
+            "failed to read the training data"
+        }
+    };
+    let train_docs = read_all(&args.data, &options)
+        .with_context(data_hint)?
+        .documents;
     let (train_docs, valid_docs) = if args.valid.is_empty() {
         split_validation(train_docs, args.valid_fraction, args.seed)
     } else {
-        (train_docs, read_all(&args.valid, &options)?.documents)
+        let valid_docs = read_all(&args.valid, &options).with_context(data_hint)?;
+        (train_docs, valid_docs.documents)
     };
     let labels = |docs: &[Document]| -> Vec<String> {
         docs.iter()
@@ -497,9 +510,9 @@ pub fn run(mut args: ClassifyArgs, progress: bool) -> anyhow::Result<()> {
     if let Some(saved) = &saved_inputs {
         if saved.documents_sha256 != inputs.documents_sha256 {
             bail!(
-                "the documents read from --data and --valid differ from those of the run in {} \
-                 (their labels or token ids changed); give the data, encoder and data options of \
-                 the first run",
+                "the documents read now differ from those of the run in {} (their labels or \
+                 token ids changed); give the --data, --valid (or --valid-fraction split), \
+                 --encoder and data options of the first run",
                 out.display()
             );
         }

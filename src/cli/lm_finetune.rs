@@ -1,6 +1,6 @@
 //! `ulmfit lm-finetune`: fine-tune a pretrained language model on target texts.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -161,6 +161,33 @@ pub struct LmFinetuneArgs {
     pub data_options: DataArgs,
 }
 
+/// Replaces the `--model` and `--data` paths given again on resume by the saved ones when
+/// they name the same files. So `lm` and `/abs/lm/` match a saved `/abs/lm`, and a
+/// relative path saved by an older run matches its absolute form. Paths that name other
+/// files stay, so the settings check reports them.
+fn keep_saved_paths(settings_file: &Path, given: &mut LmFinetuneSettings) {
+    let Ok(text) = std::fs::read_to_string(settings_file) else {
+        return;
+    };
+    let Ok(saved) = serde_json::from_str::<LmFinetuneSettings>(&text) else {
+        return;
+    };
+    let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if let (Some(path), Some(saved_path)) = (&given.model, &saved.model) {
+        if same(path, saved_path) {
+            given.model = saved.model.clone();
+        }
+    }
+    let data_matches = given.data.len() == saved.data.len()
+        && given.data.iter().zip(&saved.data).all(|(a, b)| same(a, b));
+    if !given.data.is_empty() && data_matches {
+        given.data = saved.data.clone();
+    }
+}
+
 /// Runs `ulmfit lm-finetune`.
 pub fn run(args: LmFinetuneArgs, progress: bool) -> anyhow::Result<()> {
     let device = select_device(args.device)?;
@@ -177,6 +204,9 @@ pub fn run(args: LmFinetuneArgs, progress: bool) -> anyhow::Result<()> {
         .iter()
         .map(|path| absolute_path(path))
         .collect::<anyhow::Result<_>>()?;
+    if resuming {
+        keep_saved_paths(&out.join(SETTINGS_FILE), &mut given);
+    }
     let given = &given;
     if let Some(fraction) = given.valid_fraction.filter(|f| !(0.0..1.0).contains(f)) {
         bail!("--valid-fraction {fraction} must lie in [0, 1)");

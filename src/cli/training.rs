@@ -138,11 +138,8 @@ pub fn run_folder(
 }
 
 /// Returns `path` made absolute against the working folder, so that a run resumed from
-/// another folder finds its saved inputs. `-` (standard input) stays as it is.
+/// another folder finds its saved inputs.
 pub fn absolute_path(path: &Path) -> anyhow::Result<PathBuf> {
-    if path == Path::new("-") {
-        return Ok(path.to_path_buf());
-    }
     std::path::absolute(path).with_context(|| format!("invalid path {}", path.display()))
 }
 
@@ -237,8 +234,12 @@ pub fn log_file_of_run(
         .with_context(|| format!("failed to open --log-json {}", path.display()))?;
     fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
     match path_bytes(&absolute) {
-        Some(bytes) => fs::write(&record, bytes)
-            .with_context(|| format!("failed to write {}", record.display()))?,
+        // One newline ends the path, which may itself end in newlines.
+        Some(mut bytes) => {
+            bytes.push(b'\n');
+            fs::write(&record, bytes)
+                .with_context(|| format!("failed to write {}", record.display()))?
+        }
         None => {
             remove_if_present(&record)?;
             tracing::warn!(
@@ -256,13 +257,16 @@ fn recorded_log_file(record: &Path, resuming: bool) -> anyhow::Result<Option<Pat
         remove_if_present(record)?;
         return Ok(None);
     }
-    let bytes = match fs::read(record) {
+    let mut bytes = match fs::read(record) {
         Ok(bytes) => bytes,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(error) => {
             return Err(error).with_context(|| format!("failed to read {}", record.display()))
         }
     };
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+    }
     let Some(path) = path_from_bytes(bytes).filter(|path| !path.as_os_str().is_empty()) else {
         bail!(
             "{} does not contain a file path; give --log-json FILE or delete it",
@@ -317,6 +321,9 @@ mod tests {
         let log = dir.path().join("epochs.jsonl");
         let recorded = log_file_of_run(&run, Some(&log), false).unwrap();
         assert_eq!(recorded.as_deref(), Some(log.as_path()));
+        // The record is the path and one newline, as runs have always written it.
+        let text = std::fs::read_to_string(run.join(LOG_PATH_FILE)).unwrap();
+        assert_eq!(text, format!("{}\n", log.display()));
         let resumed = log_file_of_run(&run, None, true).unwrap();
         assert_eq!(resumed.as_deref(), Some(log.as_path()));
 

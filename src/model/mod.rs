@@ -70,31 +70,27 @@ pub(crate) fn save_tensors(
 /// Gives the file at `path` the permissions that creating it with `std::fs` would: read
 /// and write as the process umask allows. The safetensors writer creates its file through
 /// a private temporary file (mode 0600), so other users could not read saved models.
+/// Where the umask cannot be read, the file keeps mode 0600.
 pub fn apply_umask(path: &std::path::Path) -> std::io::Result<()> {
     #[cfg(unix)]
-    {
+    if let Some(umask) = process_umask() {
         use std::os::unix::fs::PermissionsExt;
-        let mode = 0o666 & !process_umask();
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666 & !umask))?;
     }
     #[cfg(not(unix))]
     let _ = path;
     Ok(())
 }
 
-/// Returns the process umask from `/proc/self/status`, or the common 022 where that is
-/// not available.
+/// Returns the process umask from `/proc/self/status` (Linux 4.7 and later), or `None`
+/// where that is not available.
 #[cfg(unix)]
-fn process_umask() -> u32 {
-    const DEFAULT_UMASK: u32 = 0o022;
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return DEFAULT_UMASK;
-    };
+fn process_umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
     status
         .lines()
         .find_map(|line| line.strip_prefix("Umask:"))
         .and_then(|value| u32::from_str_radix(value.trim(), 8).ok())
-        .unwrap_or(DEFAULT_UMASK)
 }
 
 /// Reads every tensor of a safetensors file onto `device`. Half-precision tensors (f16,
@@ -188,6 +184,7 @@ mod tests {
                 .unwrap();
         save_tensors(vec![("weight".to_string(), tensor)], &path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o666 & !process_umask());
+        let expected = process_umask().map_or(0o600, |umask| 0o666 & !umask);
+        assert_eq!(mode, expected);
     }
 }

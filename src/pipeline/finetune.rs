@@ -93,6 +93,8 @@ pub fn run_stages<T: TrainTask>(
     }
     let mut outcome = StagesOutcome::default();
     let mut steps_left = run.max_steps;
+    // The first epoch trained after a resume may have been logged before the stop.
+    let mut first_fit = run.resume;
     for (position, (index, settings)) in stages.iter().enumerate().skip(start) {
         let mut stage_options = options_of(*index);
         stage_options.max_steps = steps_left;
@@ -104,6 +106,9 @@ pub fn run_stages<T: TrainTask>(
         if !current.is_done() {
             if steps_left == Some(0) {
                 return Ok(outcome);
+            }
+            if std::mem::take(&mut first_fit) {
+                current.skip_logged_epoch_once();
             }
             let before = current.state().opt_step;
             outcome.records.extend(current.fit(task)?);

@@ -62,24 +62,32 @@ pub fn append_json_line(path: &Path, record: &EpochRecord) -> Result<()> {
     writeln!(file, "{line}").map_err(|e| TrainError::io(path, e))
 }
 
-/// Returns whether the last line of the JSON log at `path` records epoch `epoch` of
-/// stage `stage`. A missing file, an empty one and a last line that is not a JSON object
-/// all count as no.
-pub fn last_json_line_is(path: &Path, stage: &str, epoch: usize) -> Result<bool> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(error) => return Err(TrainError::io(path, error)),
+/// Returns whether the last line of the JSON log at `path` is `record`, apart from the
+/// timing fields (`seconds`, `items_per_second`). Only a regular file is read: a pipe or
+/// terminal (`/dev/stderr`, say) could block. A missing file, an unreadable one and a
+/// last line that is not such a record all count as no.
+pub fn log_ends_with(path: &Path, record: &EpochRecord) -> bool {
+    const TIMING: [&str; 2] = ["seconds", "items_per_second"];
+    if !std::fs::metadata(path).is_ok_and(|metadata| metadata.is_file()) {
+        return false;
+    }
+    let Ok(bytes) = std::fs::read(path) else {
+        return false;
     };
+    let text = String::from_utf8_lossy(&bytes);
     let Some(line) = text.lines().rev().find(|line| !line.trim().is_empty()) else {
-        return Ok(false);
+        return false;
     };
-    let Ok(serde_json::Value::Object(last)) = serde_json::from_str(line) else {
-        return Ok(false);
+    let (Ok(serde_json::Value::Object(mut last)), Ok(serde_json::Value::Object(mut new))) =
+        (serde_json::from_str(line), serde_json::to_value(record))
+    else {
+        return false;
     };
-    let same_stage = last.get("stage").and_then(|value| value.as_str()) == Some(stage);
-    let same_epoch = last.get("epoch").and_then(|value| value.as_u64()) == Some(epoch as u64);
-    Ok(same_stage && same_epoch)
+    for field in TIMING {
+        last.remove(field);
+        new.remove(field);
+    }
+    last == new
 }
 
 /// Progress bar of one epoch, hidden when progress display is off.
@@ -156,6 +164,31 @@ mod tests {
         assert_eq!(value["stage"], "lm");
         assert_eq!(value["accuracy"], 0.3);
         assert_eq!(value["valid_loss"], 4.5);
+    }
+
+    #[test]
+    fn log_end_matches_only_the_same_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        assert!(!log_ends_with(&path, &record()), "a missing log");
+        append_json_line(&path, &record()).unwrap();
+        let mut rerun = record();
+        rerun.seconds = 7.5;
+        rerun.items_per_second = 3.0;
+        assert!(log_ends_with(&path, &rerun), "timing differs only");
+        let mut other_run = record();
+        other_run.train_loss = 4.3;
+        assert!(
+            !log_ends_with(&path, &other_run),
+            "same stage and epoch, other losses"
+        );
+        let mut next_epoch = record();
+        next_epoch.epoch = 2;
+        assert!(!log_ends_with(&path, &next_epoch));
+        assert!(
+            !log_ends_with(dir.path(), &record()),
+            "a folder is not read"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::groups::{frozen_count, frozen_mask, spread_lrs, LrSpec, ParamGroup};
 use super::lr_find::{LrFindResult, LrFinder, SmoothLoss};
 use super::metrics::Metrics;
 use super::optimizer::{self, AdamConfig, AdamW, Grads};
-use super::progress::{append_json_line, last_json_line_is, EpochBar, EpochRecord};
+use super::progress::{append_json_line, log_ends_with, EpochBar, EpochRecord};
 use super::schedule::Schedule;
 use super::{Result, TrainError};
 use crate::rng::Rng;
@@ -476,6 +476,13 @@ impl Trainer {
         Ok(trainer)
     }
 
+    /// Makes the next epoch record be skipped when the log already ends with it, as after
+    /// [`Self::resume`]. A run resumed before a stage's first checkpoint trains that stage
+    /// with a new trainer, which may rerun an epoch that was logged before a stop.
+    pub fn skip_logged_epoch_once(&mut self) {
+        self.check_logged_epoch = true;
+    }
+
     /// The optimizer.
     pub fn optimizer(&self) -> &AdamW {
         &self.optimizer
@@ -675,7 +682,7 @@ impl Trainer {
             }
             let check_logged = std::mem::take(&mut self.check_logged_epoch);
             if let Some(path) = &self.options.json_log {
-                if !(check_logged && last_json_line_is(path, &record.stage, record.epoch)?) {
+                if !(check_logged && log_ends_with(path, &record)) {
                     append_json_line(path, &record)?;
                 }
             }
