@@ -810,6 +810,29 @@ fn classify_rejects_zero_batch_size_early() {
     assert!(message.contains("invalid --batch-size 0"), "{message}");
 }
 
+#[test]
+fn classify_names_unreadable_validation_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let (lm, _) = tiny_encoder(dir.path());
+    let train = dir.path().join("train.jsonl");
+    write_reviews(&train, 40, 5);
+    let missing = dir.path().join("missing.jsonl");
+    let out = dir.path().join("out");
+    let message = ulmfit_fails(&[
+        "classify",
+        "--encoder",
+        lm.as_str(),
+        "--data",
+        train.to_str().unwrap(),
+        "--valid",
+        missing.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(message.contains("validation data (--valid)"), "{message}");
+    assert!(message.contains("missing.jsonl"), "{message}");
+}
+
 /// Reads a `--log-json` file as (stage, epoch, valid loss) per line.
 fn epoch_log(path: &std::path::Path) -> Vec<(String, u64, f64)> {
     let text = std::fs::read_to_string(path).unwrap_or_default();

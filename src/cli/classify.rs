@@ -361,26 +361,28 @@ pub fn run(mut args: ClassifyArgs, progress: bool) -> anyhow::Result<()> {
             bail!("invalid {option} 0: it must be at least 1");
         }
     }
-    settings_of_run(&mut args, &out, resuming)?;
     if !(0.0..1.0).contains(&args.valid_fraction) {
         bail!(
             "--valid-fraction {} must lie in [0, 1)",
             args.valid_fraction
         );
     }
+    settings_of_run(&mut args, &out, resuming)?;
     let saved_inputs = if resuming {
         RunInputs::read(&out)?
     } else {
         None
     };
-    let encoder_dir = match (&args.encoder, &saved_inputs) {
-        (Some(dir), _) => dir.clone(),
-        (None, Some(saved)) => saved.encoder.clone(),
-        (None, None) => bail!(
-            "give --encoder again: {} has no {RUN_INPUTS_FILE}, which runs record for --resume",
+    let encoder_dir =
+        match (&args.encoder, &saved_inputs) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(saved)) => saved.encoder.clone(),
+            (None, None) => bail!(
+            "give --encoder{} again: {} has no {RUN_INPUTS_FILE}, which runs record for --resume",
+            if args.data.is_empty() { " and --data" } else { "" },
             out.display()
         ),
-    };
+        };
     if args.data.is_empty() {
         match &saved_inputs {
             Some(saved) => args.data = saved.data.clone(),
@@ -403,22 +405,25 @@ pub fn run(mut args: ClassifyArgs, progress: bool) -> anyhow::Result<()> {
     let backwards = args.backwards || loaded.config.backwards;
     let options = args.data_options.read_options(LabelRequirement::Required);
     // Data options are not recorded, so a resumed run reads with the options given now.
-    let data_hint = || {
+    let data_hint = |what: &str| {
+        let mut message = format!("failed to read the {what}");
         if resuming {
-            "failed to read the training data; the run folder does not record data options, \
-             so give those of the first run (--format, --text-column, --label-column, \
-             --no-header, --documents, --classes, --encoding)"
-        } else {
-            "failed to read the training data"
+            message.push_str(
+                "; the run folder does not record data options, so if the first run used \
+                 --format, --text-column, --label-column, --no-header, --documents, --classes \
+                 or --encoding, give them again",
+            );
         }
+        message
     };
     let train_docs = read_all(&args.data, &options)
-        .with_context(data_hint)?
+        .with_context(|| data_hint("training data (--data)"))?
         .documents;
     let (train_docs, valid_docs) = if args.valid.is_empty() {
         split_validation(train_docs, args.valid_fraction, args.seed)
     } else {
-        let valid_docs = read_all(&args.valid, &options).with_context(data_hint)?;
+        let valid_docs = read_all(&args.valid, &options)
+            .with_context(|| data_hint("validation data (--valid)"))?;
         (train_docs, valid_docs.documents)
     };
     let labels = |docs: &[Document]| -> Vec<String> {
