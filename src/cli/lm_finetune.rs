@@ -163,8 +163,9 @@ pub struct LmFinetuneArgs {
 
 /// Replaces the `--model` and `--data` paths given again on resume by the saved ones when
 /// they name the same files. So `lm` and `/abs/lm/` match a saved `/abs/lm`, and a
-/// relative path saved by an older run matches its absolute form. Paths that name other
-/// files stay, so the settings check reports them.
+/// relative path saved by an older run matches its absolute form when resumed from the
+/// folder that run started in. Paths that name other files stay, so the settings check
+/// reports them.
 fn keep_saved_paths(settings_file: &Path, given: &mut LmFinetuneSettings) {
     let Ok(text) = std::fs::read_to_string(settings_file) else {
         return;
