@@ -833,6 +833,34 @@ fn classify_names_unreadable_validation_data() {
     assert!(message.contains("missing.jsonl"), "{message}");
 }
 
+/// An output folder whose name is not UTF-8 is written and reported, lossily, in the
+/// summary line.
+#[cfg(unix)]
+#[test]
+fn classify_accepts_non_utf8_output_folder() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (lm, _) = tiny_encoder(dir.path());
+    let train = dir.path().join("train.jsonl");
+    write_reviews(&train, 40, 5);
+    let out = dir.path().join(std::ffi::OsStr::from_bytes(b"clas-\xff"));
+    for extra in [&["--max-steps", "2"][..], &[]] {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ulmfit"));
+        command.args(["--quiet", "classify", "--batch-size", "8", "--bptt", "8"]);
+        if extra.is_empty() {
+            command.arg("--resume").arg(&out);
+        } else {
+            command.args(["--encoder", lm.as_str(), "--data", train.to_str().unwrap()]);
+            command.arg("--out").arg(&out).args(extra);
+        }
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        assert!(String::from_utf8_lossy(&output.stdout).contains("clas-"));
+    }
+    assert!(out.join("model.safetensors").is_file());
+}
+
 /// Reads a `--log-json` file as (stage, epoch, valid loss) per line.
 fn epoch_log(path: &std::path::Path) -> Vec<(String, u64, f64)> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
