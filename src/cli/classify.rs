@@ -373,28 +373,32 @@ pub fn run(mut args: ClassifyArgs, progress: bool) -> anyhow::Result<()> {
     } else {
         None
     };
-    let encoder_dir =
-        match (&args.encoder, &saved_inputs) {
-            (Some(dir), _) => dir.clone(),
-            (None, Some(saved)) => saved.encoder.clone(),
-            (None, None) => bail!(
-            "give --encoder{} again: {} has no {RUN_INPUTS_FILE}, which runs record for --resume",
-            if args.data.is_empty() { " and --data" } else { "" },
-            out.display()
-        ),
-        };
-    if args.data.is_empty() {
-        match &saved_inputs {
-            Some(saved) => args.data = saved.data.clone(),
-            None => bail!(
-                "give --data again: {} has no {RUN_INPUTS_FILE}, which runs record for --resume",
-                out.display()
-            ),
+    // A resumed run takes the inputs that are not given again from the record.
+    if let Some(saved) = &saved_inputs {
+        if args.encoder.is_none() {
+            args.encoder = Some(saved.encoder.clone());
+        }
+        if args.data.is_empty() {
+            args.data = saved.data.clone();
+        }
+        if args.valid.is_empty() {
+            args.valid = saved.valid.clone();
         }
     }
-    if let (true, Some(saved)) = (args.valid.is_empty(), &saved_inputs) {
-        args.valid = saved.valid.clone();
-    }
+    let missing: Vec<&str> = [
+        ("--encoder", args.encoder.is_none()),
+        ("--data", args.data.is_empty()),
+    ]
+    .into_iter()
+    .filter_map(|(option, absent)| absent.then_some(option))
+    .collect();
+    let (Some(encoder_dir), true) = (args.encoder.clone(), missing.is_empty()) else {
+        bail!(
+            "give {} again: {} has no {RUN_INPUTS_FILE}, which runs record for --resume",
+            missing.join(" and "),
+            out.display()
+        );
+    };
     let device = select_device(args.device)?;
     let loaded = model_folder::load(&encoder_dir, &device).with_context(|| {
         format!(

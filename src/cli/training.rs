@@ -217,8 +217,8 @@ pub fn log_file_of_run(
     let Some(path) = given else {
         return recorded_log_file(&record, resuming);
     };
-    let absolute = std::path::absolute(path)
-        .with_context(|| format!("invalid --log-json {}", path.display()))?;
+    let absolute =
+        absolute_path(path).with_context(|| format!("invalid --log-json {}", path.display()))?;
     if let Some(parent) = absolute.parent() {
         fs::create_dir_all(parent).with_context(|| {
             format!(

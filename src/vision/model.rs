@@ -466,11 +466,18 @@ impl ImageClassifier {
             }
             var.set(tensor)?;
         }
-        let buffer = |name: &str| weights.get(name).cloned().ok_or_else(|| missing(name));
-        model.head.bn1.running_mean = buffer("head.bn1.running_mean")?;
-        model.head.bn1.running_var = buffer("head.bn1.running_var")?;
-        model.head.bn2.running_mean = buffer("head.bn2.running_mean")?;
-        model.head.bn2.running_var = buffer("head.bn2.running_var")?;
+        for (name, _) in model.head.buffers() {
+            if !weights.contains_key(&name) {
+                return Err(missing(&name));
+            }
+        }
+        model
+            .head
+            .set_buffers(&weights)
+            .map_err(|error| VisionError::InvalidWeights {
+                path: weights_path.clone(),
+                message: error.to_string(),
+            })?;
         Ok(model)
     }
 }
